@@ -1,0 +1,18 @@
+"""recbole-diffgm: diffusion-based generative recommendation (DiffGM) and its baselines for RecBole."""
+
+from recbole_diffgm import compat  # noqa: F401  (first: fixes RecBole on today's numpy before it is imported)
+from recbole_diffgm.config import Config
+from recbole_diffgm.errors import InputError
+from recbole_diffgm.quick_start import load_data_and_model, run_recbole_diffgm
+from recbole_diffgm.utils import create_dataset, get_model, get_trainer
+
+__all__ = [
+    "Config",
+    "InputError",
+    "create_dataset",
+    "get_model",
+    "get_trainer",
+    "load_data_and_model",
+    "run_recbole_diffgm",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,49 @@
+"""Command line: ``python run_recbole_diffgm.py --model=SASRec --dataset=amazon-beauty [--key=value ...]``.
+
+As RecBole's ``run_recbole.py``: ``--config_files`` takes space-separated yaml files, and every other
+``--key=value`` overrides that config key (RecBole's Config reads them from the command line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from recbole_diffgm.errors import InputError
+
+
+def _parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
+    parser = argparse.ArgumentParser(
+        prog="run_recbole_diffgm.py",
+        description="Train and test one model on one dataset with RecBole and recbole-diffgm.",
+        epilog="Any other --key=value overrides that RecBole config key, e.g. --epochs=10 --learning_rate=0.001.",
+    )
+    parser.add_argument("--model", "-m", default="SASRec", help="model name (default: %(default)s)")
+    parser.add_argument("--dataset", "-d", default="amazon-beauty", help="dataset name (default: %(default)s)")
+    parser.add_argument("--config_files", default=None, help="space-separated yaml files, applied in order")
+    args, rest = parser.parse_known_args(argv)
+    overrides = {}
+    for arg in rest:
+        key, sep, value = arg.removeprefix("--").partition("=")
+        if not arg.startswith("--") or not sep or not key:
+            parser.error(f"argument '{arg}' is not of the form --key=value")
+        overrides[key] = value
+    return args, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = _parse(sys.argv[1:] if argv is None else argv)
+    config_files = args.config_files.split() if args.config_files else None
+    try:
+        for file in config_files or []:
+            if not Path(file).is_file():
+                raise InputError(f"config file not found: {file}")
+        # Imported here so that --help and argument errors answer without loading torch and RecBole.
+        from recbole_diffgm.quick_start import run_recbole_diffgm
+
+        run_recbole_diffgm(args.model, args.dataset, config_files, overrides)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

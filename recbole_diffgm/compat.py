@@ -1,0 +1,87 @@
+"""The few run-time fixes RecBole 1.2.1 needs on today's numpy / torch / ray.
+
+RecBole 1.2.1 (Feb 2025) installs cleanly on the current stack and then fails at run time. The
+failures that a version pin cannot avoid are fixed here, each as narrowly as it allows; the pins
+(``pandas<3``, ``setuptools<82``, ``ray==2.6.3``, Python < 3.12) are in ``setup.py``. Every fix has a
+test in ``tests/test_compat.py`` that fails without it. This module is imported first by
+``recbole_diffgm/__init__.py``, before anything imports RecBole or Ray.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# numpy 2 removed these aliases. RecBole still reads them: ``Config.compatibility_settings`` reads
+# ``np.float_``/``np.complex_``/``np.unicode_`` on every Config; the evaluator and dataset use
+# ``np.float``; ``recbole.quick_start`` imports ``ray.tune``, whose TensorBoard logger uses
+# ``np.bool8``. Only names numpy lacks are added, so no existing numpy name changes meaning.
+_NUMPY_LEGACY_ALIASES = {
+    "bool8": np.bool_,
+    "float_": np.float64,
+    "complex_": np.complex128,
+    "unicode_": np.str_,
+    "float": np.float64,
+    "int": np.int_,
+    "complex": np.complex128,
+    "object": np.object_,
+    "str": np.str_,
+    "unicode": np.str_,
+}
+
+
+def restore_numpy_aliases() -> None:
+    """Add back the numpy 1.x aliases RecBole and Ray 2.6 use, where this numpy lacks them."""
+    for name, value in _NUMPY_LEGACY_ALIASES.items():
+        if name not in np.__dict__:
+            setattr(np, name, value)
+
+
+def ray_worker_setup() -> None:
+    """Ray ``worker_process_setup_hook``: Ray workers unpickle ``ray.tune`` objects before any user
+    code runs, so the numpy aliases must be restored inside each worker too."""
+    restore_numpy_aliases()
+
+
+def load_checkpoint(path: str, device: torch.device | str = "cpu") -> dict:
+    """Load a checkpoint written by RecBole's trainer.
+
+    RecBole pickles its ``Config`` into every checkpoint with pickle protocol 4, which torch >= 2.6's
+    ``weights_only=True`` default refuses ("Unsupported operand 149"). Only files that a RecBole
+    trainer wrote are read through here, so ``weights_only=False`` is scoped to them; torch's safe
+    default stays in force for every other ``torch.load`` in the process.
+    """
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+class CheckpointCompatMixin:
+    """Mixed into RecBole's trainers: the two places where they reload their own checkpoints."""
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if load_best_model and eval_data:
+            checkpoint_file = model_file or self.saved_model_file
+            checkpoint = load_checkpoint(checkpoint_file, self.device)
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+    def resume_checkpoint(self, resume_file):
+        resume_file = str(resume_file)
+        checkpoint = load_checkpoint(resume_file, self.device)
+        self.saved_model_file = resume_file
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        if checkpoint["config"]["model"].lower() != self.config["model"].lower():
+            self.logger.warning(
+                f"Checkpoint {resume_file} was written by model {checkpoint['config']['model']}, "
+                f"not {self.config['model']}; loading its state_dict may fail."
+            )
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+
+
+restore_numpy_aliases()

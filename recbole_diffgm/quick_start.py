@@ -1,0 +1,100 @@
+"""One run, RecBole-style: config -> dataset -> dataloaders -> model -> trainer -> metrics.
+
+Mirrors ``recbole.quick_start`` without importing it: that module imports Ray at the top, and the
+training path must not need Ray (it is only needed for tuning).
+"""
+
+from __future__ import annotations
+
+import time
+from logging import getLogger
+
+from recbole.data import data_preparation
+from recbole.data.transform import construct_transform
+from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
+
+from recbole_diffgm.compat import load_checkpoint
+from recbole_diffgm.config import Config
+from recbole_diffgm.utils import create_dataset, get_model, get_trainer
+
+
+def dataset_summary(dataset) -> str:
+    """``name: users, items, interactions``, counted without RecBole's padding id 0."""
+    return (
+        f"{dataset.dataset_name}: {dataset.user_num - 1:,} users, {dataset.item_num - 1:,} items, "
+        f"{dataset.inter_num:,} interactions"
+    )
+
+
+def run_recbole_diffgm(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
+    """Train ``model`` on ``dataset`` and evaluate it on the test split.
+
+    Args:
+        model (str or class): a model name (this plugin's or RecBole's) or a model class.
+        dataset (str): a dataset name, a folder ``<data_path>/<dataset>/`` with atomic files.
+        config_file_list (list of str): yaml files, applied in order.
+        config_dict (dict): parameters that override the files.
+        saved (bool): keep the best checkpoint (selected on validation) and test it; otherwise test
+            the model of the last epoch.
+
+    Returns:
+        dict: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``,
+        ``train_seconds`` and ``model_file`` (``None`` when not saved).
+    """
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    logger.info(set_color(dataset_summary(dataset), "green"))
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+    flops = get_flops(model, dataset, config["device"], logger, construct_transform(config))
+    logger.info(set_color("FLOPs", "blue") + f": {flops}")
+
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    start = time.perf_counter()
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    train_seconds = time.perf_counter() - start
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+
+    logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    return {
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "train_seconds": train_seconds,
+        "model_file": trainer.saved_model_file if saved else None,
+    }
+
+
+def load_data_and_model(model_file):
+    """Load a saved run: its config, model (with the saved weights), dataset and dataloaders.
+
+    Returns:
+        tuple: ``(config, model, dataset, train_data, valid_data, test_data)``, as RecBole's.
+    """
+    checkpoint = load_checkpoint(model_file)
+    config = checkpoint["config"]
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    dataset = create_dataset(config)
+    getLogger().info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model, dataset, train_data, valid_data, test_data

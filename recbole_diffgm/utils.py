@@ -1,0 +1,68 @@
+"""Name lookups for the pipeline: this plugin first, RecBole second.
+
+``get_model`` / ``get_trainer`` / ``create_dataset`` have RecBole's signatures, so RecBole's own models
+(SASRec, BERT4Rec, GRU4Rec, ...) run through the same entry points as the plugin's.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+import recbole.data
+import recbole.utils
+from recbole.model.abstract_recommender import AbstractRecommender
+
+from recbole_diffgm.compat import CheckpointCompatMixin
+from recbole_diffgm.data.catalog import ensure_dataset
+from recbole_diffgm.errors import InputError
+
+_RECBOLE_MODEL_PACKAGES = (
+    "general_recommender",
+    "context_aware_recommender",
+    "sequential_recommender",
+    "knowledge_aware_recommender",
+    "exlib_recommender",
+)
+
+
+def available_models() -> list[str]:
+    """Names of every model this plugin can run."""
+    names = set()
+    for package in _RECBOLE_MODEL_PACKAGES:
+        try:
+            module = importlib.import_module(f"recbole.model.{package}")
+        except ImportError:  # exlib models need xgboost / lightgbm, which are optional
+            continue
+        names.update(
+            name
+            for name, obj in vars(module).items()
+            if isinstance(obj, type) and issubclass(obj, AbstractRecommender)
+        )
+    return sorted(names, key=str.lower)
+
+
+def get_model(model_name: str) -> type[AbstractRecommender]:
+    """The model class called ``model_name`` (RecBole's spelling, e.g. ``SASRec``)."""
+    try:
+        return recbole.utils.get_model(model_name)
+    except (ValueError, AttributeError):  # AttributeError: right file, wrong case ("sasrec")
+        raise InputError(
+            f"unknown model '{model_name}'; available models: {', '.join(available_models())}"
+        ) from None
+
+
+@functools.cache
+def _with_checkpoint_compat(trainer_class: type) -> type:
+    return type(trainer_class.__name__, (CheckpointCompatMixin, trainer_class), {})
+
+
+def get_trainer(model_type, model_name: str) -> type:
+    """RecBole's trainer for the model, able to reload its checkpoints on torch >= 2.6."""
+    return _with_checkpoint_compat(recbole.utils.get_trainer(model_type, model_name))
+
+
+def create_dataset(config):
+    """The dataset for ``config``, after checking (or preparing) its atomic files."""
+    ensure_dataset(config)
+    return recbole.data.create_dataset(config)
