@@ -45,9 +45,8 @@ def run_recbole_diffgm(model=None, dataset=None, config_file_list=None, config_d
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
+    dataset = create_dataset(config)  # first, so that a missing dataset is the only line printed
     logger.info(config)
-
-    dataset = create_dataset(config)
     logger.info(dataset)
     logger.info(set_color(dataset_summary(dataset), "green"))
     train_data, valid_data, test_data = data_preparation(config, dataset)

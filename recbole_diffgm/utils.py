@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 
 import recbole.data
 import recbole.utils
@@ -44,12 +45,17 @@ def available_models() -> list[str]:
 
 def get_model(model_name: str) -> type[AbstractRecommender]:
     """The model class called ``model_name`` (RecBole's spelling, e.g. ``SASRec``)."""
-    try:
-        return recbole.utils.get_model(model_name)
-    except (ValueError, AttributeError):  # AttributeError: right file, wrong case ("sasrec")
-        raise InputError(
-            f"unknown model '{model_name}'; available models: {', '.join(available_models())}"
-        ) from None
+    # As recbole.utils.get_model, but a package whose optional dependency is missing (exlib models
+    # need xgboost / lightgbm) is skipped instead of failing every lookup.
+    for package in _RECBOLE_MODEL_PACKAGES:
+        module_path = f"recbole.model.{package}.{model_name.lower()}"
+        try:
+            found = importlib.util.find_spec(module_path) is not None
+        except ImportError:
+            continue
+        if found and hasattr(module := importlib.import_module(module_path), model_name):
+            return getattr(module, model_name)
+    raise InputError(f"unknown model '{model_name}'; available models: {', '.join(available_models())}")
 
 
 @functools.cache

@@ -12,6 +12,7 @@ from recbole_diffgm.config import DATASET_DIR
 
 BEAUTY = "amazon-beauty"
 TEST_DATA = Path(__file__).parent / "data"
+SCRIPT = Path(__file__).parents[1] / "run_recbole_diffgm.py"
 
 
 def read_atomic(path: Path) -> pd.DataFrame:

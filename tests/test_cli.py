@@ -1,0 +1,59 @@
+"""run_recbole_diffgm.py as a user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import SCRIPT
+
+
+def run_cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model=SASRek"], "error: unknown model 'SASRek'; available models: "),
+        (["--model=sasrec"], "error: unknown model 'sasrec'; available models: "),
+        (["--dataset=amazon-beuty"], "error: unknown dataset 'amazon-beuty': no file "),
+        (["--config_files=nowhere.yaml"], "error: config file not found: nowhere.yaml"),
+    ],
+)
+def test_bad_names_give_one_line(args, message, tmp_path):
+    done = run_cli(*args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith(message) and done.stderr.count("\n") == 1, done.stderr
+    assert not (tmp_path / "saved").exists()
+
+
+def test_unknown_names_list_the_available_ones(tmp_path):
+    models = run_cli("--model=SASRek", cwd=tmp_path).stderr
+    assert all(f" {name}," in models for name in ("BERT4Rec", "GRU4Rec", "SASRec"))
+    datasets = run_cli("--dataset=amazon-beuty", cwd=tmp_path).stderr
+    assert "available in " in datasets and ": amazon-beauty;" in datasets
+    assert "amazon-sports-outdoors, amazon-toys-games, amazon-cds-vinyl" in datasets
+
+
+def test_an_override_without_a_value_is_refused(tmp_path):
+    done = run_cli("--epochs", "3", cwd=tmp_path)
+    assert done.returncode == 2 and "argument '--epochs' is not of the form --key=value" in done.stderr
+
+
+def test_config_files_and_overrides_in_recbole_priority(fast_config, slice_root, tmp_path):
+    # The file sets epochs 3 and the embedding size; the command line overrides epochs.
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump({**fast_config, "state": "INFO", "epochs": 3, "hidden_size": 8}))
+    done = run_cli("--model=SASRec", "--dataset=beauty-slice", f"--config_files={config_file}", "--epochs=1",
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    assert "epoch 0 training" in log and "epoch 1 training" not in log
+    assert "hidden_size = 8" in log
+    assert "beauty-slice: 300 users, " in log
+    assert "test result" in log and "ndcg@10" in log
+    assert list((tmp_path / "saved").glob("SASRec-*.pth"))
