@@ -6,13 +6,15 @@ defaults and the bundled Amazon Beauty data are found the same way from a source
 install and a regular ``pip install .``.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="recbole-diffgm",
     version="0.1.0",
     description="Diffusion-based generative recommendation (DiffGM) and its baselines as a RecBole plugin",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
     # recbole 1.2.1 pins ray<=2.6.3, which has no wheel for Python 3.12.

@@ -7,12 +7,11 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import SCRIPT
 
 
 def run_cli(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+    return subprocess.run([sys.executable, str(SCRIPT), *args], check=False, capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
 @pytest.mark.parametrize(

@@ -11,13 +11,17 @@ import pytest
 import torch
 
 from recbole_diffgm import run_recbole_diffgm
-from recbole_diffgm.compat import CheckpointCompatMixin, load_checkpoint, ray_worker_setup
+from recbole_diffgm.compat import (
+    CheckpointCompatMixin,
+    load_checkpoint,
+    ray_worker_setup,
+)
 from recbole_diffgm.config import Config
 from recbole_diffgm.utils import create_dataset, get_model, get_trainer
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=False, capture_output=True, text=True, timeout=300)
 
 
 def test_numpy_aliases_let_recbole_config_and_ray_tune_import():
@@ -74,8 +78,8 @@ def test_ray_worker_setup_hook_restores_aliases_in_workers():
     try:
         @ray.remote
         def import_tune():
-            from ray import tune  # noqa: F401  (its TensorBoard logger reads np.bool8)
             import numpy
+            from ray import tune  # noqa: F401  (its TensorBoard logger reads np.bool8)
             return numpy.bool8 is numpy.bool_
 
         assert ray.get(import_tune.remote(), timeout=120)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import BEAUTY, read_atomic
+
 from recbole_diffgm.config import DATASET_DIR, Config
 from recbole_diffgm.quick_start import dataset_summary
 from recbole_diffgm.utils import create_dataset
@@ -38,7 +38,7 @@ def test_leave_one_out_targets_are_each_users_last_rows_in_file_order(beauty):
     _, dataset = beauty
     inter = read_atomic(DATASET_DIR / BEAUTY / f"{BEAUTY}.inter")
     sequences = inter.groupby("user_id:token", sort=False)["item_id:token"].agg(list).to_dict()
-    train, valid, test = dataset.build()
+    _, valid, test = dataset.build()
 
     def targets(split):
         users = dataset.id2token("user_id", split.inter_feat["user_id"].numpy())
