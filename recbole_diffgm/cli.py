@@ -22,6 +22,8 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser.add_argument("--model", "-m", default="SASRec", help="model name (default: %(default)s)")
     parser.add_argument("--dataset", "-d", default="amazon-beauty", help="dataset name (default: %(default)s)")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files, applied in order")
+    parser.add_argument("--build_sids", action="store_true",
+                        help="only build (or load) the semantic IDs of --dataset and report them; no training")
     args, rest = parser.parse_known_args(argv)
     overrides = {}
     for arg in rest:
@@ -40,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
             if not Path(file).is_file():
                 raise InputError(f"config file not found: {file}")
         # Imported here so that --help and argument errors answer without loading torch and RecBole.
-        from recbole_diffgm.quick_start import run_recbole_diffgm
+        from recbole_diffgm.quick_start import build_item_sids, run_recbole_diffgm
 
-        run_recbole_diffgm(args.model, args.dataset, config_files, overrides)
+        run = build_item_sids if args.build_sids else run_recbole_diffgm
+        run(args.model, args.dataset, config_files, overrides)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from recbole.utils import get_environment, get_flops, init_logger, init_seed, se
 
 from recbole_diffgm.compat import load_checkpoint
 from recbole_diffgm.config import Config
+from recbole_diffgm.data.dataset import SIDDataset
 from recbole_diffgm.utils import create_dataset, get_model, get_trainer
 
 
@@ -76,6 +77,29 @@ def run_recbole_diffgm(model=None, dataset=None, config_file_list=None, config_d
         "train_seconds": train_seconds,
         "model_file": trainer.saved_model_file if saved else None,
     }
+
+
+def build_item_sids(model=None, dataset=None, config_file_list=None, config_dict=None):
+    """Build (or load from the cache) the semantic IDs of ``dataset`` and report them, without training.
+
+    Returns:
+        SIDDataset: the dataset, with ``item_sid`` and ``sid_report``.
+    """
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    dataset = create_dataset(config, SIDDataset)
+    logger.info(set_color(dataset_summary(dataset), "green"))
+    logger.info(set_color(f"semantic IDs ({config['sid_quantizer']}, sid_collision {config['sid_collision']})", "green")
+                + f": {dataset.sid_report}")
+    codes = dataset.item_sid[1:]
+    _, group, size = codes.unique(dim=0, return_inverse=True, return_counts=True)
+    largest = (group == size.argmax()).nonzero()[:, 0] + 1
+    texts = dataset.item_texts(config).texts
+    logger.info(f"largest group, SID {codes[largest[0] - 1].tolist()}, {len(largest)} items:\n"
+                + "\n".join(f"  {dataset.id2token(dataset.iid_field, i)}  {texts[i - 1]}" for i in largest[:10].tolist()))
+    return dataset
 
 
 def load_data_and_model(model_file):

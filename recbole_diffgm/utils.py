@@ -9,10 +9,14 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import pickle
+from logging import getLogger
+from pathlib import Path
 
 import recbole.data
 import recbole.utils
 from recbole.model.abstract_recommender import AbstractRecommender
+from recbole.utils.argument_list import dataset_arguments
 
 from recbole_diffgm.compat import CheckpointCompatMixin
 from recbole_diffgm.data.catalog import ensure_dataset
@@ -68,7 +72,26 @@ def get_trainer(model_type, model_name: str) -> type:
     return _with_checkpoint_compat(recbole.utils.get_trainer(model_type, model_name))
 
 
-def create_dataset(config):
-    """The dataset for ``config``, after checking (or preparing) its atomic files."""
+def create_dataset(config, dataset_class=None):
+    """The dataset for ``config``, after checking (or preparing) its atomic files.
+
+    ``dataset_class`` defaults to the model's ``dataset_class`` attribute (this plugin's models that read
+    semantic IDs), else RecBole's choice. As in RecBole, a dataset saved with ``save_dataset`` is loaded
+    back when its settings, and here also its semantic IDs, are still those of ``config``.
+    """
     ensure_dataset(config)
-    return recbole.data.create_dataset(config)
+    dataset_class = dataset_class or getattr(get_model(config["model"]), "dataset_class", None)
+    if dataset_class is None:
+        return recbole.data.create_dataset(config)
+    saved_file = Path(config["dataset_save_path"] or Path(config["checkpoint_dir"]) / f"{config['dataset']}-{dataset_class.__name__}.pth")
+    if saved_file.is_file():
+        with saved_file.open("rb") as file:
+            dataset = pickle.load(file)
+        settings = dataset_arguments + ["seed", "repeatable"]
+        if all(config[key] == dataset.config[key] for key in settings) and dataset.is_current(config):
+            getLogger().info(f"Load filtered dataset from: [{saved_file}]")
+            return dataset
+    dataset = dataset_class(config)
+    if config["save_dataset"]:
+        dataset.save()
+    return dataset

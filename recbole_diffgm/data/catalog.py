@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import csv
+import logging
 from pathlib import Path
+
+import pandas as pd
 
 from recbole_diffgm.data import amazon
 from recbole_diffgm.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 
 def local_datasets(data_root: Path) -> list[str]:
@@ -19,10 +25,14 @@ def ensure_dataset(config) -> None:
     """Check that the atomic files of ``config['dataset']`` exist; make a known Amazon category if not."""
     name = config["dataset"]
     dataset_dir = Path(config["data_path"])  # RecBole's Config has already appended the dataset name
-    if (dataset_dir / f"{name}.inter").is_file():
-        return
-    if name in amazon.CATEGORIES:
+    if not (dataset_dir / f"{name}.inter").is_file() and name in amazon.CATEGORIES:
         amazon.prepare(name, dataset_dir, config["amazon_raw_url"])
+    if (dataset_dir / f"{name}.inter").is_file():
+        for suffix in ("inter", "item"):
+            check_float_fields(dataset_dir / f"{name}.{suffix}", config["field_separator"])
+        load_col = config["load_col"]
+        if config["filter_inter_by_user_or_item"] and (load_col is None or "item" in load_col):
+            report_items_without_rows(dataset_dir, name, config["ITEM_ID_FIELD"], config["field_separator"])
         return
     available = local_datasets(dataset_dir.parent)
     raise InputError(
@@ -30,3 +40,51 @@ def ensure_dataset(config) -> None:
         f"available in {dataset_dir.parent}: {', '.join(available) or 'none'}; "
         f"made on first use from the Amazon 2014 raw files: {', '.join(amazon.CATEGORIES)}"
     )
+
+
+def check_float_fields(path: Path, separator: str) -> None:
+    """Raise, naming the line, field and value, if a ``:float`` column holds something that is not a number.
+
+    RecBole would only say "Unable to convert column price:float to type float64".
+    """
+    if not path.is_file():
+        return
+    with path.open(encoding="utf-8") as file:
+        header = file.readline().rstrip("\n").split(separator)
+    float_columns = [column for column in header if column.endswith(":float")]
+    if not float_columns:
+        return
+    table = pd.read_csv(path, sep=separator, usecols=float_columns, dtype=str, keep_default_na=False,
+                        quoting=csv.QUOTE_NONE, encoding="utf-8")
+    for column in float_columns:
+        values = table[column].str.strip()
+        bad = values.ne("") & pd.to_numeric(values, errors="coerce").isna()
+        if bad.any():
+            row = int(bad.idxmax())
+            raise InputError(
+                f"{path}, line {row + 2}: field '{column}' must be a number, got '{table[column].iloc[row]}'"
+            )
+
+
+def _read_column(path: Path, field: str, separator: str) -> pd.Series:
+    with path.open(encoding="utf-8") as file:
+        header = file.readline().rstrip("\n").split(separator)
+    column = next((name for name in header if name.split(":")[0] == field), None)
+    if column is None:
+        raise InputError(f"{path}: no column '{field}' (columns: {', '.join(header)})")
+    return pd.read_csv(path, sep=separator, usecols=[column], dtype=str, keep_default_na=False,
+                       quoting=csv.QUOTE_NONE, encoding="utf-8")[column]
+
+
+def report_items_without_rows(dataset_dir: Path, name: str, item_field: str, separator: str) -> None:
+    """Warn about interactions whose item has no ``.item`` row: RecBole silently drops them."""
+    item_file = dataset_dir / f"{name}.item"
+    if not item_file.is_file():
+        return
+    interacted = _read_column(dataset_dir / f"{name}.inter", item_field, separator)
+    missing = ~interacted.isin(set(_read_column(item_file, item_field, separator)))
+    if missing.any():
+        logger.warning(
+            f"{interacted[missing].nunique():,} items of {name}.inter have no row in {item_file}; RecBole drops "
+            f"their {int(missing.sum()):,} interactions (filter_inter_by_user_or_item)"
+        )

@@ -1,0 +1,68 @@
+"""One text per item, from the raw columns of the ``.item`` atomic file.
+
+The text of an item is its configured fields in order, each rendered ``"<Label>: <value>."`` and joined
+by single spaces, e.g. ``Title: Xtreme Brite Brightening Gel 1oz. Price: 19.99. Brand: Xtreme Brite.
+Category: Beauty, Hair Care, Styling Products.`` (DiffGRM's item sentence). Raw strings are read from the
+file rather than from RecBole's features: RecBole splits ``token_seq`` fields and replaces a missing
+price with the mean price, neither of which belongs in the text.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from recbole_diffgm.data.amazon import clean_text
+from recbole_diffgm.errors import InputError
+
+CATEGORY_SEPARATOR = " | "
+
+
+@dataclass(frozen=True)
+class ItemTexts:
+    texts: list[str]  # one per requested item, in the requested order
+    fallback_items: int  # items with no usable field: their text is "Item: <item id>."
+    missing_items: int  # requested items with no row in the .item file
+
+
+def _render(field: str, value: str) -> str:
+    value = clean_text(value)
+    if field == "categories":
+        value = ", ".join(name.rstrip(".") for name in value.split(CATEGORY_SEPARATOR) if name)
+    return value.rstrip(".").strip()
+
+
+def read_item_table(path: Path, item_field: str, fields: list[str]) -> pd.DataFrame:
+    """The raw strings of ``fields`` per item token, checked against the file's header."""
+    if not path.is_file():
+        raise InputError(f"{path}: item file not found; the item text fields {fields} come from it")
+    with path.open(encoding="utf-8") as file:
+        header = file.readline().rstrip("\n").split("\t")
+    columns = {name.split(":")[0]: name for name in header}
+    for field in [item_field, *fields]:
+        if field not in columns:
+            raise InputError(f"{path}: no column '{field}' (columns: {', '.join(columns)})")
+    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE,
+                        usecols=[columns[field] for field in [item_field, *fields]], encoding="utf-8")
+    table.columns = [name.split(":")[0] for name in table.columns]
+    duplicated = table[item_field][table[item_field].duplicated()]
+    if len(duplicated):
+        raise InputError(f"{path}: item '{duplicated.iloc[0]}' appears in more than one row")
+    return table.set_index(item_field)
+
+
+def item_texts(item_file: Path, item_field: str, labels: dict[str, str], items: list[str]) -> ItemTexts:
+    """The text of each item token in ``items``; ``labels`` maps field -> label, in text order."""
+    table = read_item_table(item_file, item_field, list(labels))
+    rows = table.reindex(items, fill_value="")
+    texts = [
+        " ".join(f"{label}: {value}." for label, value in zip(labels.values(), values) if value)
+        for values in zip(*(rows[field].map(lambda raw, f=field: _render(f, raw)) for field in labels))
+    ]
+    fallback = [i for i, text in enumerate(texts) if not text]
+    for i in fallback:
+        texts[i] = f"Item: {items[i]}."
+    return ItemTexts(texts, len(fallback), int((~pd.Index(items).isin(table.index)).sum()))

