@@ -83,14 +83,19 @@ def create_dataset(config, dataset_class=None):
     dataset_class = dataset_class or getattr(get_model(config["model"]), "dataset_class", None)
     if dataset_class is None:
         return recbole.data.create_dataset(config)
-    saved_file = Path(config["dataset_save_path"] or Path(config["checkpoint_dir"]) / f"{config['dataset']}-{dataset_class.__name__}.pth")
+    default_file = Path(config["checkpoint_dir"]) / f"{config['dataset']}-{dataset_class.__name__}.pth"
+    saved_file = Path(config["dataset_save_path"] or default_file)
     if saved_file.is_file():
-        with saved_file.open("rb") as file:
-            dataset = pickle.load(file)
-        settings = dataset_arguments + ["seed", "repeatable"]
-        if all(config[key] == dataset.config[key] for key in settings) and dataset.is_current(config):
-            getLogger().info(f"Load filtered dataset from: [{saved_file}]")
-            return dataset
+        try:
+            with saved_file.open("rb") as file:
+                dataset = pickle.load(file)
+        except (pickle.UnpicklingError, EOFError) as error:
+            getLogger().warning(f"{saved_file}: unreadable saved dataset ({error}); building the dataset again")
+        else:
+            settings = dataset_arguments + ["seed", "repeatable"]
+            if all(config[key] == dataset.config[key] for key in settings) and dataset.is_current(config):
+                getLogger().info(f"Load filtered dataset from: [{saved_file}]")
+                return dataset
     dataset = dataset_class(config)
     if config["save_dataset"]:
         dataset.save()
