@@ -232,3 +232,13 @@ def test_standalone_builder_reports_without_training(sid_config, tmp_path):
     assert "sid-tiny: 24 users, 48 items, 144 interactions" in log
     assert "semantic IDs (opq, sid_collision keep): 48 items, " in log and "largest group, SID [" in log
     assert "epoch 0 training" not in log and not (tmp_path / "saved").exists()
+
+
+def test_a_corrupt_saved_dataset_is_rebuilt(sid_config, tmp_path, caplog):
+    saved = build(sid_config, save_dataset=True)
+    (saved_file,) = (tmp_path / "saved").glob("sid-tiny-SIDDataset.pth")
+    saved_file.write_bytes(saved_file.read_bytes()[:200])
+    with caplog.at_level(logging.WARNING):
+        rebuilt = build(sid_config, save_dataset=True)
+    assert "unreadable saved dataset" in caplog.text
+    assert torch.equal(rebuilt.item_sid, saved.item_sid)
