@@ -42,6 +42,12 @@ def ensure_dataset(config) -> None:
     )
 
 
+def read_header(path: Path, separator: str = "\t") -> list[str]:
+    """The ``name:type`` columns of an atomic file."""
+    with path.open(encoding="utf-8") as file:
+        return file.readline().rstrip("\n").split(separator)
+
+
 def check_float_fields(path: Path, separator: str) -> None:
     """Raise, naming the line, field and value, if a ``:float`` column holds something that is not a number.
 
@@ -49,9 +55,7 @@ def check_float_fields(path: Path, separator: str) -> None:
     """
     if not path.is_file():
         return
-    with path.open(encoding="utf-8") as file:
-        header = file.readline().rstrip("\n").split(separator)
-    float_columns = [column for column in header if column.endswith(":float")]
+    float_columns = [column for column in read_header(path, separator) if column.endswith(":float")]
     if not float_columns:
         return
     table = pd.read_csv(path, sep=separator, usecols=float_columns, dtype=str, keep_default_na=False,
@@ -67,8 +71,7 @@ def check_float_fields(path: Path, separator: str) -> None:
 
 
 def _read_column(path: Path, field: str, separator: str) -> pd.Series:
-    with path.open(encoding="utf-8") as file:
-        header = file.readline().rstrip("\n").split(separator)
+    header = read_header(path, separator)
     column = next((name for name in header if name.split(":")[0] == field), None)
     if column is None:
         raise InputError(f"{path}: no column '{field}' (columns: {', '.join(header)})")

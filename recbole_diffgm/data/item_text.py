@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from recbole_diffgm.data.amazon import clean_text
+from recbole_diffgm.data.catalog import read_header
 from recbole_diffgm.errors import InputError
 
 CATEGORY_SEPARATOR = " | "
@@ -39,9 +40,7 @@ def read_item_table(path: Path, item_field: str, fields: list[str]) -> pd.DataFr
     """The raw strings of ``fields`` per item token, checked against the file's header."""
     if not path.is_file():
         raise InputError(f"{path}: item file not found; the item text fields {fields} come from it")
-    with path.open(encoding="utf-8") as file:
-        header = file.readline().rstrip("\n").split("\t")
-    columns = {name.split(":")[0]: name for name in header}
+    columns = {name.split(":")[0]: name for name in read_header(path)}
     for field in [item_field, *fields]:
         if field not in columns:
             raise InputError(f"{path}: no column '{field}' (columns: {', '.join(columns)})")
