@@ -3,12 +3,17 @@
 from recbole_diffgm import compat  # noqa: F401  (first: fixes RecBole on today's numpy before it is imported)
 from recbole_diffgm.config import Config
 from recbole_diffgm.errors import InputError
-from recbole_diffgm.quick_start import load_data_and_model, run_recbole_diffgm
+from recbole_diffgm.quick_start import (
+    build_item_sids,
+    load_data_and_model,
+    run_recbole_diffgm,
+)
 from recbole_diffgm.utils import create_dataset, get_model, get_trainer
 
 __all__ = [
     "Config",
     "InputError",
+    "build_item_sids",
     "create_dataset",
     "get_model",
     "get_trainer",
