@@ -31,9 +31,13 @@ _RECBOLE_MODEL_PACKAGES = (
 )
 
 
+# This plugin's models: name -> module (imported on first use).
+PLUGIN_MODELS = {"DiffGM": "recbole_diffgm.model.diffgm"}
+
+
 def available_models() -> list[str]:
     """Names of every model this plugin can run."""
-    names = set()
+    names = set(PLUGIN_MODELS)
     for package in _RECBOLE_MODEL_PACKAGES:
         try:
             module = importlib.import_module(f"recbole.model.{package}")
@@ -49,6 +53,8 @@ def available_models() -> list[str]:
 
 def get_model(model_name: str) -> type[AbstractRecommender]:
     """The model class called ``model_name`` (RecBole's spelling, e.g. ``SASRec``)."""
+    if model_name in PLUGIN_MODELS:
+        return getattr(importlib.import_module(PLUGIN_MODELS[model_name]), model_name)
     # As recbole.utils.get_model, but a package whose optional dependency is missing (exlib models
     # need xgboost / lightgbm) is skipped instead of failing every lookup.
     for package in _RECBOLE_MODEL_PACKAGES:
@@ -68,8 +74,10 @@ def _with_checkpoint_compat(trainer_class: type) -> type:
 
 
 def get_trainer(model_type, model_name: str) -> type:
-    """RecBole's trainer for the model, able to reload its checkpoints on torch >= 2.6."""
-    return _with_checkpoint_compat(recbole.utils.get_trainer(model_type, model_name))
+    """The model's ``trainer_class`` (this plugin's models), else RecBole's trainer for it, made able to
+    reload its checkpoints on torch >= 2.6."""
+    trainer_class = getattr(get_model(model_name), "trainer_class", None)
+    return trainer_class or _with_checkpoint_compat(recbole.utils.get_trainer(model_type, model_name))
 
 
 def create_dataset(config, dataset_class=None):

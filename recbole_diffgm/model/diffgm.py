@@ -1,0 +1,175 @@
+r"""DiffGM
+################################################
+
+Reference:
+    Zhao Liu et al. "DiffGRM: Diffusion-based Generative Recommendation Model." arXiv 2510.21805, 2025.
+
+Each item is a semantic ID of ``n_digit`` parallel digits (``SIDDataset``, PSE). An encoder reads the
+history, one vector per item built from its digits; a masked-diffusion decoder predicts the next item's
+digits in any order, its slots attending to each other both ways and to the history.
+
+- Training, On-policy Coherent Noising (OCN): a no-grad all-masked pass ranks the target's slots by the
+  model's confidence; view ``t`` masks the ``t`` least confident slots and shows the others, so the views
+  are nested and the hardest digit is supervised in every view (``masking_strategy: guided``).
+- Inference, Confidence-guided Parallel Denoising (CPD, ``decoding.cpd_beam_search``), scored per item
+  so that RecBole's evaluator ranks every item (``full_sort_predict``).
+"""
+
+from __future__ import annotations
+
+import torch
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+from torch import nn
+from torch.nn import functional as F
+
+from recbole_diffgm.data.dataset import SIDDataset
+from recbole_diffgm.errors import InputError
+from recbole_diffgm.model.decoding import MASK, cpd_beam_search
+from recbole_diffgm.model.layers import DecoderBlock, EncoderBlock
+from recbole_diffgm.trainer import GenerativeTrainer
+
+MASKING_STRATEGIES = ("guided", "sequential", "random")
+
+
+class DiffGM(SequentialRecommender):
+    input_type = InputType.POINTWISE
+    dataset_class = SIDDataset
+    trainer_class = GenerativeTrainer
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        item_sid = dataset.item_sid
+        self.n_slots = item_sid.shape[1]
+        self.n_codes = config["codebook_size"]
+        if item_sid[1:].max() >= self.n_codes:
+            raise InputError(f"a semantic-ID digit reaches {int(item_sid[1:].max())}, beyond codebook_size "
+                             f"{self.n_codes} (a disambiguation digit for a larger collision group?)")
+        if config["masking_strategy"] not in MASKING_STRATEGIES:
+            raise InputError(f"unknown masking_strategy '{config['masking_strategy']}'; "
+                             f"choose one of {', '.join(MASKING_STRATEGIES)}")
+        self.masking_strategy = config["masking_strategy"]
+        self.label_smoothing = config["label_smoothing"]
+        self.beam_size = config["test_beam_size"]  # GenerativeTrainer validates with valid_beam_size
+        # Item ids as token ids: digit d, code c -> d * n_codes + c; the last row is the padding item.
+        offsets = torch.arange(self.n_slots) * self.n_codes
+        item_tokens = torch.where(item_sid >= 0, item_sid + offsets, self.n_slots * self.n_codes)
+        self.register_buffer("item_sid", item_sid, persistent=False)
+        self.register_buffer("item_tokens", item_tokens, persistent=False)
+        self.register_buffer("code_offsets", offsets, persistent=False)
+        # Training popularity breaks ties between items that share a SID (sid_collision: keep).
+        popularity = torch.bincount(torch.as_tensor(dataset.inter_feat[self.ITEM_ID]), minlength=self.n_items)
+        self.register_buffer("tie_break", popularity.float() / (popularity.max() + 1) * 1e-4, persistent=False)
+
+        d_model, n_heads, d_inner, dropout = (config["n_embd"], config["n_head"], config["n_inner"], config["dropout"])
+        self.token_embedding = nn.Embedding(self.n_slots * self.n_codes + 1, d_model)
+        self.item_mlp = nn.Sequential(nn.Linear(self.n_slots * d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+        self.position_embedding = nn.Embedding(self.max_seq_length, d_model)
+        self.mask_embedding = nn.Parameter(torch.zeros(self.n_slots, d_model))
+        self.dropout = nn.Dropout(dropout)
+        self.encoder = nn.ModuleList(EncoderBlock(d_model, n_heads, d_inner, dropout) for _ in range(config["encoder_n_layer"]))
+        self.decoder = nn.ModuleList(DecoderBlock(d_model, n_heads, d_inner, dropout) for _ in range(config["decoder_n_layer"]))
+        self.ln_f = nn.LayerNorm(d_model)
+        self.apply(self._init_weights)
+        nn.init.normal_(self.mask_embedding, std=0.02)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    # ----- the network -----------------------------------------------------------------------------------
+
+    def encode(self, item_seq: torch.Tensor) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """History ``[B, L]`` (right-padded with 0) -> per decoder block memory keys/values, and the key mask."""
+        mask = item_seq > 0
+        items = self.item_mlp(self.token_embedding(self.item_tokens[item_seq]).flatten(2))
+        positions = torch.arange(item_seq.shape[1], device=item_seq.device)
+        hidden = self.dropout(items + self.position_embedding(positions))
+        for block in self.encoder:
+            hidden = block(hidden, key_mask=mask)
+        memory = self.ln_f(hidden) * mask[..., None]
+        return [block.attn.memory_kv(memory) for block in self.decoder], mask
+
+    def denoise(self, codes: torch.Tensor, memory_kv, memory_mask: torch.Tensor) -> torch.Tensor:
+        """Codes ``[B, G, n]`` (``MASK`` where hidden) -> log-probabilities ``[B, G, n, K]`` for every slot."""
+        visible = codes != MASK
+        tokens = self.token_embedding(torch.where(visible, codes + self.code_offsets, 0))
+        hidden = self.dropout(torch.where(visible[..., None], tokens, self.mask_embedding))
+        for block, kv in zip(self.decoder, memory_kv):
+            hidden = block(hidden, kv, memory_mask)
+        hidden = self.ln_f(hidden)
+        code_table = self.token_embedding.weight[: self.n_slots * self.n_codes].view(self.n_slots, self.n_codes, -1)
+        logits = torch.einsum("bgsd,skd->bgsk", hidden, code_table)  # weight-tied output per digit
+        return logits.log_softmax(dim=-1)
+
+    # ----- training: OCN ---------------------------------------------------------------------------------
+
+    def masking_views(self, target: torch.Tensor, memory_kv, memory_mask) -> torch.Tensor:
+        """Boolean masks ``[B, V, n]`` (True = hidden and supervised) of the training views."""
+        batch, n = target.shape
+        if self.masking_strategy == "random":  # each slot hidden with probability 1/2, independently
+            return torch.rand(batch, n, n, device=target.device) < 0.5
+        if self.masking_strategy == "guided":
+            was_training = self.training
+            self.eval()
+            with torch.no_grad():
+                all_masked = torch.full_like(target, MASK)[:, None]
+                confidence = self.denoise(all_masked, memory_kv, memory_mask)[:, 0].amax(dim=-1)  # MSP [B, n]
+            self.train(was_training)
+            order = confidence.argsort(dim=1)  # least confident first
+        else:  # sequential: a random coherent order per row
+            order = torch.rand(batch, n, device=target.device).argsort(dim=1)
+        rank = order.argsort(dim=1)  # rank[b, s] = position of slot s in the order
+        return rank[:, None, :] <= torch.arange(n, device=target.device)[None, :, None]
+
+    def calculate_loss(self, interaction) -> torch.Tensor:
+        item_seq = interaction[self.ITEM_SEQ]
+        target = self.item_sid[interaction[self.POS_ITEM_ID]]
+        memory_kv, memory_mask = self.encode(item_seq)
+        views = self.masking_views(target, memory_kv, memory_mask)
+        views[..., 0] |= ~views.any(dim=-1)  # a view with nothing hidden supervises slot 0
+        codes = target[:, None].expand_as(views).masked_fill(views, MASK)
+        log_probs = self.denoise(codes, memory_kv, memory_mask)
+        labels = target[:, None].expand_as(views)
+        token_loss = F.cross_entropy(log_probs.flatten(0, 2), labels.flatten(), reduction="none",
+                                     label_smoothing=self.label_smoothing).view_as(views)
+        # Mean over the hidden slots of each view, then over views (the paper's reduction).
+        view_loss = (token_loss * views).sum(-1) / views.sum(-1)
+        return view_loss.mean()
+
+    # ----- inference: CPD, scored per item ----------------------------------------------------------------
+
+    def decode(self, item_seq: torch.Tensor, beam_size: int):
+        memory_kv, memory_mask = self.encode(item_seq)
+        return cpd_beam_search(lambda codes: self.denoise(codes, memory_kv, memory_mask), len(item_seq),
+                               self.n_slots, beam_size, item_seq.device)
+
+    def full_sort_predict(self, interaction) -> torch.Tensor:
+        """Scores ``[B, n_items]``: items whose SID the beam reached first, by beam score; then every other
+        item by the sum of its digits' log-probabilities in the all-masked step. Items sharing a SID are
+        ordered by training popularity."""
+        codes, scores, first_log_probs = self.decode(interaction[self.ITEM_SEQ], self.beam_size)
+        batch, beams, n = codes.shape
+        # One group id per distinct SID among the catalogue and the decoded beams.
+        _, group = torch.cat([self.item_sid, codes.flatten(0, 1)]).unique(dim=0, return_inverse=True)
+        item_group, beam_group = group[: self.n_items], group[self.n_items:].view(batch, beams)
+        best = torch.full((batch, int(group.max()) + 1), float("-inf"), device=codes.device)
+        best.scatter_reduce_(1, beam_group, scores, reduce="amax")
+        reached = best[:, item_group]  # [B, n_items], -inf where the beam did not reach the item's SID
+        digits = first_log_probs[:, torch.arange(n, device=codes.device), self.item_sid.clamp(min=0)]  # [B, N, n]
+        fallback = digits.sum(-1)
+        # Shift the fallback scores below the lowest beam score (a constant offset would lose float32 precision).
+        hit = reached.isfinite()
+        lowest_hit = torch.where(hit, reached, float("inf")).amin(dim=1, keepdim=True)
+        shift = (fallback.amax(dim=1, keepdim=True) - lowest_hit + 1).clamp(min=0)  # 0 when nothing was reached
+        item_scores = torch.where(hit, reached, fallback - shift) + self.tie_break
+        item_scores[:, 0] = float("-inf")
+        return item_scores
+
+    def predict(self, interaction) -> torch.Tensor:
+        """The score ``full_sort_predict`` gives ``interaction[ITEM_ID]``."""
+        scores = self.full_sort_predict(interaction)
+        return scores.gather(1, interaction[self.ITEM_ID][:, None])[:, 0]

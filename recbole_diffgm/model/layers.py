@@ -1,0 +1,90 @@
+"""Pre-LayerNorm transformer blocks shared by the generative models.
+
+Attention uses one fused, bias-free QKV projection and a biased output projection (DiffGRM's layout).
+A decoder block's cross-attention reuses the block's own QKV weights on the memory, so a block has one
+set of attention weights for both. The memory's keys and values are projected once per user
+(``Attention.memory_kv``) and shared by every group of decoder slots of that user: the training views,
+or the beams and steps of decoding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        assert d_model % n_heads == 0, f"d_model {d_model} is not divisible by n_heads {n_heads}"
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.proj = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, H, T, D/H]
+        return x.unflatten(-1, (self.n_heads, -1)).transpose(1, 2)
+
+    def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``memory`` ``[B, S, D]`` for cross-attention, ``[B, H, S, D/H]`` each."""
+        d_model = memory.shape[-1]
+        k, v = F.linear(memory, self.qkv.weight[d_model:]).split(d_model, dim=-1)
+        return self._heads(k), self._heads(v)
+
+    def forward(self, x: torch.Tensor, memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                key_mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        """Self-attention over ``x`` ``[B, T, D]``, or cross-attention from ``x`` to ``memory_kv``.
+
+        ``key_mask`` ``[B, S]`` is True where a key may be attended to.
+        """
+        d_model = x.shape[-1]
+        if memory_kv is None:
+            q, k, v = (self._heads(part) for part in self.qkv(x).split(d_model, dim=-1))
+        else:
+            q, (k, v) = self._heads(F.linear(x, self.qkv.weight[:d_model])), memory_kv
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_dropout(self.proj(out.transpose(1, 2).flatten(2)))
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, d_model: int, d_inner: int, dropout: float):
+        super().__init__(nn.Linear(d_model, d_inner), nn.GELU(), nn.Linear(d_inner, d_model), nn.Dropout(dropout))
+
+
+class EncoderBlock(nn.Module):
+    """Bidirectional self-attention block over a padded sequence."""
+
+    def __init__(self, d_model: int, n_heads: int, d_inner: int, dropout: float):
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(d_model)
+        self.attn = Attention(d_model, n_heads, dropout)
+        self.ln_ffn = nn.LayerNorm(d_model)
+        self.ffn = FeedForward(d_model, d_inner, dropout)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_attn(x), key_mask=key_mask)
+        return x + self.ffn(self.ln_ffn(x))
+
+
+class DecoderBlock(nn.Module):
+    """Self-attention within each group of decoder slots (bidirectional, or causal), cross-attention of all
+    of a user's groups to that user's memory, FFN. ``x`` is ``[B, G, n, D]``: G groups of n slots per user."""
+
+    def __init__(self, d_model: int, n_heads: int, d_inner: int, dropout: float):
+        super().__init__()
+        self.ln_self = nn.LayerNorm(d_model)
+        self.ln_cross = nn.LayerNorm(d_model)
+        self.attn = Attention(d_model, n_heads, dropout)
+        self.ln_ffn = nn.LayerNorm(d_model)
+        self.ffn = FeedForward(d_model, d_inner, dropout)
+
+    def forward(self, x: torch.Tensor, memory_kv: tuple[torch.Tensor, torch.Tensor], memory_mask: torch.Tensor,
+                causal: bool = False) -> torch.Tensor:
+        x = x + self.attn(self.ln_self(x).flatten(0, 1), causal=causal).view_as(x)
+        cross = self.attn(self.ln_cross(x).flatten(1, 2), memory_kv=memory_kv, key_mask=memory_mask)
+        x = x + cross.view_as(x)
+        return x + self.ffn(self.ln_ffn(x))

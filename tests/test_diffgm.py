@@ -1,0 +1,169 @@
+"""DiffGM: OCN views, CPD beam search and item-level scoring, on small real data."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from recbole.data import data_preparation
+from test_sid import NAME, write_tiny
+
+from recbole_diffgm import Config, create_dataset, get_model, run_recbole_diffgm
+from recbole_diffgm.model.decoding import MASK, cpd_beam_search
+from recbole_diffgm.model.diffgm import DiffGM
+
+
+@pytest.fixture
+def tiny_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_tiny(tmp_path / "data")
+    return {
+        "data_path": str(tmp_path / "data"),
+        "checkpoint_dir": str(tmp_path / "saved"),
+        "field_separator": "\t",
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "title", "price"]},
+        "codebook_size": 8,
+        "sent_emb_pca": 16,
+        "n_embd": 32,
+        "n_inner": 64,
+        "n_head": 2,
+        "decoder_n_layer": 2,
+        "train_batch_size": 64,
+        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"},
+        "metrics": ["Recall", "NDCG"],
+        "topk": [5],
+        "valid_metric": "NDCG@5",
+        "learning_rate": 0.003,
+        "show_progress": False,
+    }
+
+
+@pytest.fixture
+def tiny(tiny_config):
+    config = Config("DiffGM", NAME, config_dict=tiny_config)
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    torch.manual_seed(0)
+    return get_model("DiffGM")(config, train._dataset), next(iter(train)), next(iter(valid))[0]
+
+
+def test_training_lowers_the_loss(tiny):
+    model, batch, _ = tiny
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(20):
+        loss = model.calculate_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1
+
+
+def test_guided_views_are_nested_and_least_confident_first(tiny):
+    model, _, _ = tiny
+    # Slot confidences (max probability) 0.9, 0.2, 0.5, 0.7: the hiding order is slot 1, 2, 3, 0.
+    confidence = torch.tensor([0.9, 0.2, 0.5, 0.7])
+    probs = torch.stack([torch.cat([c[None], (1 - c).expand(7) / 7]) for c in confidence])
+    model.denoise = lambda codes, kv, mask: probs.log().expand(*codes.shape, 8)
+    views = model.masking_views(torch.zeros(2, 4, dtype=torch.long), None, None)
+    expected = torch.tensor([[0, 1, 0, 0], [0, 1, 1, 0], [0, 1, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(views, expected.expand(2, 4, 4))
+    assert model.training  # the no-grad probe does not leave the model in eval mode
+
+
+def test_cpd_with_a_covering_beam_equals_brute_force():
+    # A denoiser over 2 slots x 3 codes whose log-probabilities depend on what is visible.
+    generator = torch.Generator().manual_seed(0)
+    tables = {state: torch.randn(2, 3, generator=generator).log_softmax(-1)
+              for state in itertools.product([MASK, 0, 1, 2], repeat=2)}
+
+    def denoise(codes):
+        return torch.stack([torch.stack([tables[tuple(row.tolist())] for row in user]) for user in codes])
+
+    # Every fill order of every SID, scored as the sum of its steps' conditional log-probabilities.
+    paths = []
+    for sid in itertools.product(range(3), repeat=2):
+        for order in itertools.permutations(range(2)):
+            state, score = [MASK, MASK], 0.0
+            for slot in order:
+                score += tables[tuple(state)][slot, sid[slot]].item()
+                state[slot] = sid[slot]
+            paths.append((score, sid))
+    paths.sort(reverse=True)
+
+    codes, scores, first = cpd_beam_search(denoise, batch_size=1, n_slots=2, beam_size=len(paths))
+    assert [tuple(c) for c in codes[0].tolist()] == [sid for _, sid in paths]
+    torch.testing.assert_close(scores[0], torch.tensor([score for score, _ in paths]))
+    torch.testing.assert_close(first[0], tables[(MASK, MASK)])
+
+
+
+def test_every_item_is_scored_and_predict_agrees(tiny):
+    model, _, interaction = tiny
+    model.eval()
+    with torch.no_grad():
+        scores = model.full_sort_predict(interaction)
+        assert scores.shape == (len(interaction), model.n_items)
+        assert scores[:, 0].eq(float("-inf")).all() and scores[:, 1:].isfinite().all()
+        torch.testing.assert_close(model.predict(interaction), scores.gather(1, interaction["item_id"][:, None])[:, 0])
+
+
+@pytest.fixture
+def two_digit(tiny_config):
+    """The tiny model with 2-digit SIDs: 64 SIDs for 48 items."""
+    config = Config("DiffGM", NAME, config_dict={**tiny_config, "n_digit": 2})
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    return get_model("DiffGM")(config, train._dataset).eval(), next(iter(valid))[0]
+
+
+def test_beam_hits_rank_first_and_share_their_beam_score(two_digit):
+    model, interaction = two_digit
+    model.beam_size = 128  # 8^2 SIDs x 2 fill orders: every path is kept, every item's SID is reached
+    with torch.no_grad():
+        codes, beam_scores, _ = model.decode(interaction["item_id_list"], 128)
+        scores = model.full_sort_predict(interaction)
+    # An item's score is the best beam score of its SID, up to the popularity tie-break (< 1e-4).
+    best = {tuple(c): s for c, s in zip(codes[0].tolist()[::-1], beam_scores[0].tolist()[::-1])}
+    for item in range(1, model.n_items):
+        expected = best[tuple(model.item_sid[item].tolist())]
+        assert scores[0, item].item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_unreached_items_rank_below_every_beam_hit(two_digit):
+    model, interaction = two_digit
+    model.beam_size = 8  # reaches some of the 48 items' SIDs among 64, not all
+    with torch.no_grad():
+        codes, _, _ = model.decode(interaction["item_id_list"], model.beam_size)
+        scores = model.full_sort_predict(interaction)
+    checked = 0
+    for user in range(len(interaction)):
+        decoded = {tuple(c) for c in codes[user].tolist()}
+        hit = torch.tensor([tuple(sid) in decoded for sid in model.item_sid.tolist()])
+        hit[0] = False
+        if hit.any() and (~hit[1:]).any():
+            assert scores[user, hit].min() > scores[user, 1:][~hit[1:]].max()
+            checked += 1
+    assert checked > 0
+
+
+def test_scores_do_not_read_the_target_or_its_features(tiny):
+    model, _, interaction = tiny
+    model.eval()
+    with torch.no_grad():
+        before = model.full_sort_predict(interaction)
+        interaction.interaction["item_id"] = torch.flip(interaction["item_id"], [0])
+        for field in ("title", "price"):
+            interaction.interaction[field] = torch.zeros_like(interaction[field])
+        assert torch.equal(model.full_sort_predict(interaction), before)
+
+
+def test_an_end_to_end_run_validates_and_tests_with_their_own_beams(tiny_config, monkeypatch):
+    widths = []
+    original = DiffGM.decode
+    monkeypatch.setattr(DiffGM, "decode", lambda self, seq, beam: widths.append(beam) or original(self, seq, beam))
+    result = run_recbole_diffgm("DiffGM", NAME, config_dict={**tiny_config, "epochs": 2, "valid_beam_size": 16,
+                                                             "test_beam_size": 64})
+    assert set(result["test_result"]) == {"recall@5", "ndcg@5"}
+    assert result["model_file"].endswith(".pth")
+    assert 16 in widths and widths[-1] == 64  # validation during fit, then the test
