@@ -34,6 +34,7 @@ def tiny_config(tmp_path, monkeypatch):
         "metrics": ["Recall", "NDCG"],
         "topk": [5],
         "valid_metric": "NDCG@5",
+        "valid_metric_weights": None,
         "learning_rate": 0.003,
         "show_progress": False,
     }
@@ -163,7 +164,10 @@ def test_an_end_to_end_run_validates_and_tests_with_their_own_beams(tiny_config,
     original = DiffGM.decode
     monkeypatch.setattr(DiffGM, "decode", lambda self, seq, beam: widths.append(beam) or original(self, seq, beam))
     result = run_recbole_diffgm("DiffGM", NAME, config_dict={**tiny_config, "epochs": 2, "valid_beam_size": 16,
-                                                             "test_beam_size": 64})
+                                                             "test_beam_size": 64,
+                                                             "valid_metric_weights": {"ndcg@5": 0.8, "recall@5": 0.2}})
     assert set(result["test_result"]) == {"recall@5", "ndcg@5"}
+    valid = result["best_valid_result"]
+    assert result["best_valid_score"] == pytest.approx(0.8 * valid["ndcg@5"] + 0.2 * valid["recall@5"])
     assert result["model_file"].endswith(".pth")
     assert 16 in widths and widths[-1] == 64  # validation during fit, then the test
