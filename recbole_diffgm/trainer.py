@@ -13,9 +13,20 @@ class GenerativeTrainer(CheckpointCompatMixin, Trainer):
 
     - validation during training decodes with ``valid_beam_size``; every other evaluation (the test, a
       saved model) with the model's own ``beam_size``, which is ``test_beam_size``;
+    - validation starts at epoch ``eval_start_epoch`` (0-based; RecBole's ``eval_step`` still sets the interval),
+      so the early epochs of a long recipe do not pay for beam decoding;
     - with ``valid_metric_weights`` (e.g. ``{ndcg@10: 0.8, recall@10: 0.2}``), model selection and early
       stopping use that weighted sum of validation metrics instead of ``valid_metric`` alone.
     """
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        first_eval = min(self.config["eval_start_epoch"] or 0, self.epochs)
+        if valid_data and first_eval > self.start_epoch:
+            # Train the epochs before the first evaluation as RecBole trains without validation data.
+            epochs, self.epochs = self.epochs, first_eval
+            super().fit(train_data, None, verbose, False, show_progress, callback_fn)
+            self.start_epoch, self.epochs = first_eval, epochs
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
     def _valid_epoch(self, valid_data, show_progress=False):
         test_beam_size, self.model.beam_size = self.model.beam_size, self.config["valid_beam_size"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 
 import pytest
 import torch
@@ -35,6 +36,7 @@ def tiny_config(tmp_path, monkeypatch):
         "topk": [5],
         "valid_metric": "NDCG@5",
         "valid_metric_weights": None,
+        "eval_start_epoch": 0,
         "learning_rate": 0.003,
         "show_progress": False,
     }
@@ -171,3 +173,11 @@ def test_an_end_to_end_run_validates_and_tests_with_their_own_beams(tiny_config,
     assert result["best_valid_score"] == pytest.approx(0.8 * valid["ndcg@5"] + 0.2 * valid["recall@5"])
     assert result["model_file"].endswith(".pth")
     assert 16 in widths and widths[-1] == 64  # validation during fit, then the test
+
+
+def test_validation_starts_at_eval_start_epoch(tiny_config, caplog):
+    with caplog.at_level(logging.INFO):
+        run_recbole_diffgm("DiffGM", NAME, config_dict={**tiny_config, "epochs": 3, "eval_start_epoch": 2})
+    assert "epoch 0 training" in caplog.text and "epoch 2 training" in caplog.text
+    assert "epoch 0 evaluating" not in caplog.text and "epoch 1 evaluating" not in caplog.text
+    assert "epoch 2 evaluating" in caplog.text
