@@ -50,6 +50,15 @@ def tiny(tiny_config):
     return get_model("DiffGM")(config, train._dataset), next(iter(train)), next(iter(valid))[0]
 
 
+def test_training_rows_are_next_items_without_negative_samples(tiny_config):
+    config = Config("DiffGM", NAME, config_dict=tiny_config)
+    assert config["train_neg_sample_args"]["distribution"] == "none"
+    train, _, _ = data_preparation(config, create_dataset(config))
+    rows = sum(len(batch) for batch in train)
+    assert rows == len(train._dataset)  # one row per training prefix; negative sampling would add rows
+    assert "label" not in next(iter(train))
+
+
 def test_training_lowers_the_loss(tiny):
     model, batch, _ = tiny
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
