@@ -15,6 +15,7 @@ from recbole_diffgm.compat import (
     CheckpointCompatMixin,
     load_checkpoint,
     ray_worker_setup,
+    restore_numpy_aliases,
 )
 from recbole_diffgm.config import Config
 from recbole_diffgm.utils import create_dataset, get_model, get_trainer
@@ -40,10 +41,13 @@ def test_numpy_aliases_let_recbole_config_and_ray_tune_import():
     assert "config ok SASRec" in done.stdout
 
 
-def test_numpy_aliases_only_add_missing_names():
+def test_numpy_aliases_only_add_missing_names(monkeypatch):
     assert np.float_ is np.float64 and np.bool8 is np.bool_
-    assert np.long is not np.int_ or np.dtype(np.long).itemsize == np.dtype(np.int_).itemsize
-    assert np.bool is np.bool_  # numpy 2's own name, untouched
+    sentinel = object()
+    monkeypatch.setattr(np, "float_", sentinel)  # a name numpy (or the user) already defines is left alone
+    restore_numpy_aliases()
+    assert np.float_ is sentinel
+    assert np.bool is np.bool_ and np.dtype(np.long) == np.dtype("long")  # numpy 2's own names, untouched
 
 
 def test_best_checkpoint_is_reloaded_for_test(fast_config):
