@@ -10,7 +10,14 @@ import torch
 from recbole.data import data_preparation
 from test_sid import NAME, write_tiny
 
-from recbole_diffgm import Config, create_dataset, get_model, run_recbole_diffgm
+from recbole_diffgm import (
+    Config,
+    create_dataset,
+    get_model,
+    get_trainer,
+    load_data_and_model,
+    run_recbole_diffgm,
+)
 from recbole_diffgm.model.decoding import MASK, cpd_beam_search
 from recbole_diffgm.model.diffgm import DiffGM
 
@@ -182,6 +189,11 @@ def test_an_end_to_end_run_validates_and_tests_with_their_own_beams(tiny_config,
     assert result["best_valid_score"] == pytest.approx(0.8 * valid["ndcg@5"] + 0.2 * valid["recall@5"])
     assert result["model_file"].endswith(".pth")
     assert 16 in widths and widths[-1] == 64  # validation during fit, then the test
+
+    # The saved run reloads (weights and SIDs) and gives the same test metrics.
+    config, model, _, _, _, test_data = load_data_and_model(result["model_file"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    assert trainer.evaluate(test_data, load_best_model=False) == result["test_result"]
 
 
 def test_validation_starts_at_eval_start_epoch(tiny_config, caplog):
