@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 from recbole.trainer import Trainer
+from torch.optim.lr_scheduler import LambdaLR
 
 from recbole_diffgm.compat import CheckpointCompatMixin
 from recbole_diffgm.errors import InputError
@@ -15,11 +18,33 @@ class GenerativeTrainer(CheckpointCompatMixin, Trainer):
       saved model) with the model's own ``beam_size``, which is ``test_beam_size``;
     - validation starts at epoch ``eval_start_epoch`` (0-based; RecBole's ``eval_step`` still sets the interval),
       so the early epochs of a long recipe do not pay for beam decoding;
+    - with ``warmup_steps`` set, the learning rate rises linearly for that many steps, then follows a cosine
+      to 0 at the last step of ``epochs`` (per optimizer step; a resumed run continues the schedule);
     - with ``valid_metric_weights`` (e.g. ``{ndcg@10: 0.8, recall@10: 0.2}``), model selection and early
       stopping use that weighted sum of validation metrics instead of ``valid_metric`` alone.
     """
 
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.scheduler = None
+
+    def _schedule_learning_rate(self, steps_per_epoch: int) -> None:
+        warmup = self.config["warmup_steps"]
+        if warmup is None or self.scheduler is not None:
+            return
+        total, done = self.epochs * steps_per_epoch, self.start_epoch * steps_per_epoch
+
+        def factor(step: int) -> float:
+            step += done
+            if step < warmup:
+                return step / max(1, warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        self.scheduler = LambdaLR(self.optimizer, factor)
+        self.optimizer.register_step_post_hook(lambda *_: self.scheduler.step())
+
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self._schedule_learning_rate(len(train_data))
         first_eval = min(self.config["eval_start_epoch"] or 0, self.epochs)
         if valid_data and first_eval > self.start_epoch:
             # Train the epochs before the first evaluation as RecBole trains without validation data.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 
 import pytest
 import torch
@@ -44,6 +45,7 @@ def tiny_config(tmp_path, monkeypatch):
         "valid_metric": "NDCG@5",
         "valid_metric_weights": None,
         "eval_start_epoch": 0,
+        "warmup_steps": None,
         "learning_rate": 0.003,
         "show_progress": False,
     }
@@ -202,3 +204,23 @@ def test_validation_starts_at_eval_start_epoch(tiny_config, caplog):
     assert "epoch 0 training" in caplog.text and "epoch 2 training" in caplog.text
     assert "epoch 0 evaluating" not in caplog.text and "epoch 1 evaluating" not in caplog.text
     assert "epoch 2 evaluating" in caplog.text
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine(tiny_config):
+    config = Config("DiffGM", NAME, config_dict={**tiny_config, "warmup_steps": 2, "epochs": 3, "learning_rate": 0.01})
+    train, _, _ = data_preparation(config, create_dataset(config))
+    model = get_model("DiffGM")(config, train._dataset)
+    trainer = get_trainer(config["MODEL_TYPE"], "DiffGM")(config, model)
+    rates = []
+    trainer.optimizer.register_step_pre_hook(lambda optimizer, *_: rates.append(optimizer.param_groups[0]["lr"]))
+    trainer.fit(train, None, saved=False)
+    total = 3 * len(train)
+    expected = [0.0, 0.005] + [0.005 * (1 + math.cos(math.pi * (step - 2) / (total - 2))) for step in range(2, total)]
+    assert rates == pytest.approx(expected)
+
+    # A run resumed at epoch 1 continues the schedule where epoch 0 left it.
+    resumed = get_trainer(config["MODEL_TYPE"], "DiffGM")(config, model)
+    resumed.start_epoch, rates[:] = 1, []
+    resumed.optimizer.register_step_pre_hook(lambda optimizer, *_: rates.append(optimizer.param_groups[0]["lr"]))
+    resumed.fit(train, None, saved=False)
+    assert rates == pytest.approx(expected[len(train):])
