@@ -46,6 +46,7 @@ def tiny_config(tmp_path, monkeypatch):
         "valid_metric_weights": None,
         "eval_start_epoch": 0,
         "warmup_steps": None,
+        "eval_level": "item",
         "learning_rate": 0.003,
         "show_progress": False,
     }
@@ -224,3 +225,33 @@ def test_learning_rate_warms_up_then_follows_a_cosine(tiny_config):
     resumed.optimizer.register_step_pre_hook(lambda optimizer, *_: rates.append(optimizer.param_groups[0]["lr"]))
     resumed.fit(train, None, saved=False)
     assert rates == pytest.approx(expected[len(train):])
+
+
+def test_sid_level_metrics_rank_generated_sids(tiny_config):
+    config = Config("DiffGM", NAME, config_dict={**tiny_config, "n_digit": 2, "eval_level": "sid",
+                                                 "test_beam_size": 128, "topk": [1, 5]})
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    model = get_model("DiffGM")(config, train._dataset).eval()
+    trainer = get_trainer(config["MODEL_TYPE"], "DiffGM")(config, model)
+    result = trainer.evaluate(valid, load_best_model=False)
+    assert set(result) == {"sid_recall@1", "sid_recall@5", "sid_ndcg@1", "sid_ndcg@5"}
+
+    # By hand: rank each target's SID among the catalogue's SIDs by their best beam score.
+    catalogue = {tuple(sid) for sid in model.item_sid[1:].tolist()}
+    ranks = []
+    for interaction, *_ in valid:
+        with torch.no_grad():
+            codes, scores, _ = model.decode(interaction["item_id_list"], 128)
+        for user, target in enumerate(interaction["item_id"].tolist()):
+            best = {}
+            for sid, score in zip(map(tuple, codes[user].tolist()), scores[user].tolist()):
+                if sid in catalogue:
+                    best.setdefault(sid, score)
+            target_score = best[tuple(model.item_sid[target].tolist())]
+            ranks.append(1 + sum(score > target_score for score in best.values()))
+    ranks = torch.tensor(ranks, dtype=torch.float)
+    assert 0 < result["sid_recall@5"] < 1  # a mix of hits and misses, so the comparison means something
+    assert result["sid_recall@5"] == pytest.approx(round((ranks <= 5).float().mean().item(), 4))
+    assert result["sid_recall@1"] == pytest.approx(round((ranks <= 1).float().mean().item(), 4))
+    ndcg = torch.where(ranks <= 5, 1 / torch.log2(ranks + 1), 0.0).mean().item()
+    assert result["sid_ndcg@5"] == pytest.approx(round(ndcg, 4))

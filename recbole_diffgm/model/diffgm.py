@@ -51,12 +51,20 @@ class DiffGM(SequentialRecommender):
         self.masking_strategy = config["masking_strategy"]
         self.label_smoothing = config["label_smoothing"]
         self.beam_size = config["test_beam_size"]  # GenerativeTrainer validates with valid_beam_size
+        if config["eval_level"] not in ("item", "sid"):
+            raise InputError(f"unknown eval_level '{config['eval_level']}'; choose item or sid")
+        self.eval_level = config["eval_level"]
         # Item ids as token ids: digit d, code c -> d * n_codes + c; the last row is the padding item.
         offsets = torch.arange(self.n_slots) * self.n_codes
         item_tokens = torch.where(item_sid >= 0, item_sid + offsets, self.n_slots * self.n_codes)
         self.register_buffer("item_sid", item_sid, persistent=False)
         self.register_buffer("item_tokens", item_tokens, persistent=False)
         self.register_buffer("code_offsets", offsets, persistent=False)
+        # SID-level evaluation ranks one item per SID: the smallest item id of each SID stands for it.
+        _, sid_group = item_sid.unique(dim=0, return_inverse=True)
+        first_of_group = torch.full((int(sid_group.max()) + 1,), len(item_sid)).scatter_reduce(
+            0, sid_group, torch.arange(len(item_sid)), reduce="amin")
+        self.register_buffer("sid_representative", first_of_group[sid_group], persistent=False)
         # Training popularity breaks ties between items that share a SID (sid_collision: keep).
         popularity = torch.bincount(torch.as_tensor(dataset.inter_feat[self.ITEM_ID]), minlength=self.n_items)
         self.register_buffer("tie_break", popularity.float() / (popularity.max() + 1) * 1e-4, persistent=False)
@@ -150,7 +158,8 @@ class DiffGM(SequentialRecommender):
     def full_sort_predict(self, interaction) -> torch.Tensor:
         """Scores ``[B, n_items]``: items whose SID the beam reached first, by beam score; then every other
         item by the sum of its digits' log-probabilities in the all-masked step. Items sharing a SID are
-        ordered by training popularity."""
+        ordered by training popularity. With ``eval_level: sid`` only each SID's representative item is
+        scored (the paper's SID-level protocol)."""
         codes, scores, first_log_probs = self.decode(interaction[self.ITEM_SEQ], self.beam_size)
         batch, beams, n = codes.shape
         # One group id per distinct SID among the catalogue and the decoded beams.
@@ -165,7 +174,11 @@ class DiffGM(SequentialRecommender):
         hit = reached.isfinite()
         lowest_hit = torch.where(hit, reached, float("inf")).amin(dim=1, keepdim=True)
         shift = (fallback.amax(dim=1, keepdim=True) - lowest_hit + 1).clamp(min=0)  # 0 when nothing was reached
-        item_scores = torch.where(hit, reached, fallback - shift) + self.tie_break
+        item_scores = torch.where(hit, reached, fallback - shift)
+        if self.eval_level == "sid":  # one entry per SID; GenerativeTrainer maps each target to its SID's entry
+            item_scores[:, self.sid_representative != torch.arange(self.n_items, device=codes.device)] = float("-inf")
+        else:
+            item_scores = item_scores + self.tie_break
         item_scores[:, 0] = float("-inf")
         return item_scores
 
