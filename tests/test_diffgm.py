@@ -47,6 +47,7 @@ def tiny_config(tmp_path, monkeypatch):
         "eval_start_epoch": 0,
         "warmup_steps": None,
         "eval_level": "item",
+        "dedup_strategy": "simple",
         "learning_rate": 0.003,
         "show_progress": False,
     }
@@ -255,3 +256,21 @@ def test_sid_level_metrics_rank_generated_sids(tiny_config):
     assert result["sid_recall@1"] == pytest.approx(round((ranks <= 1).float().mean().item(), 4))
     ndcg = torch.where(ranks <= 5, 1 / torch.log2(ranks + 1), 0.0).mean().item()
     assert result["sid_ndcg@5"] == pytest.approx(round(ndcg, 4))
+
+
+def test_weighted_dedup_sums_the_probability_of_every_path_to_a_sid(tiny_config):
+    config = Config("DiffGM", NAME, config_dict={**tiny_config, "n_digit": 2, "dedup_strategy": "weighted"})
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    model = get_model("DiffGM")(config, train._dataset).eval()
+    interaction = next(iter(valid))[0]
+    model.beam_size = 128  # every (order, SID) path
+    with torch.no_grad():
+        codes, beam_scores, _ = model.decode(interaction["item_id_list"], 128)
+        scores = model.full_sort_predict(interaction)
+    paths = {}
+    for sid, score in zip(map(tuple, codes[0].tolist()), beam_scores[0].tolist()):
+        paths.setdefault(sid, []).append(score)
+    assert max(len(p) for p in paths.values()) == 2  # both fill orders of a 2-digit SID
+    for item in range(1, model.n_items):
+        expected = torch.tensor(paths[tuple(model.item_sid[item].tolist())]).logsumexp(0).item()
+        assert scores[0, item].item() == pytest.approx(expected, abs=1e-4)

@@ -54,6 +54,9 @@ class DiffGM(SequentialRecommender):
         if config["eval_level"] not in ("item", "sid"):
             raise InputError(f"unknown eval_level '{config['eval_level']}'; choose item or sid")
         self.eval_level = config["eval_level"]
+        if config["dedup_strategy"] not in ("simple", "weighted"):
+            raise InputError(f"unknown dedup_strategy '{config['dedup_strategy']}'; choose simple or weighted")
+        self.dedup_strategy = config["dedup_strategy"]
         # Item ids as token ids: digit d, code c -> d * n_codes + c; the last row is the padding item.
         offsets = torch.arange(self.n_slots) * self.n_codes
         item_tokens = torch.where(item_sid >= 0, item_sid + offsets, self.n_slots * self.n_codes)
@@ -157,7 +160,9 @@ class DiffGM(SequentialRecommender):
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
         """Scores ``[B, n_items]``: items whose SID the beam reached first, by beam score; then every other
-        item by the sum of its digits' log-probabilities in the all-masked step. Items sharing a SID are
+        item by the sum of its digits' log-probabilities in the all-masked step. A SID reached by several
+        beams (different fill orders) scores its best beam (``dedup_strategy: simple``) or the log of their
+        summed probabilities (``weighted``). Items sharing a SID are
         ordered by training popularity. With ``eval_level: sid`` only each SID's representative item is
         scored (the paper's SID-level protocol)."""
         codes, scores, first_log_probs = self.decode(interaction[self.ITEM_SEQ], self.beam_size)
@@ -167,6 +172,9 @@ class DiffGM(SequentialRecommender):
         item_group, beam_group = group[: self.n_items], group[self.n_items:].view(batch, beams)
         best = torch.full((batch, int(group.max()) + 1), float("-inf"), device=codes.device)
         best.scatter_reduce_(1, beam_group, scores, reduce="amax")
+        if self.dedup_strategy == "weighted":  # log of the summed probability of the beams that reached a SID
+            total = torch.zeros_like(best).scatter_add_(1, beam_group, (scores - best.gather(1, beam_group)).exp())
+            best = best + total.log()
         reached = best[:, item_group]  # [B, n_items], -inf where the beam did not reach the item's SID
         digits = first_log_probs[:, torch.arange(n, device=codes.device), self.item_sid.clamp(min=0)]  # [B, N, n]
         fallback = digits.sum(-1)
