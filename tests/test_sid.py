@@ -169,6 +169,16 @@ def test_item_text_fallbacks_and_missing_rows_are_counted(sid_config, tmp_path, 
     assert texts[0].startswith("Title: ") and " Price: " in texts[0] and texts[0].endswith(".")
 
 
+def test_with_recbole_filtering_off_items_without_rows_keep_their_interactions_and_get_fallback_text(
+        sid_config, tmp_path, caplog):
+    items = read_atomic(tmp_path / "data" / NAME / f"{NAME}.item").iloc[:-3]
+    write_tiny(tmp_path / "data", items)
+    with caplog.at_level(logging.INFO):
+        dataset = build(sid_config, filter_inter_by_user_or_item=False)
+    assert "3 of 48 items have no row in the .item file" in caplog.text
+    assert "4 items have no usable text" in caplog.text and dataset.item_num - 1 == 48
+
+
 def test_items_only_in_the_item_file_get_sids_and_are_counted(sid_config, tmp_path, caplog):
     items = read_atomic(tmp_path / "data" / NAME / f"{NAME}.item")
     extra = items.iloc[[5]].assign(**{"item_id:token": "NEW-ITEM"})

@@ -54,7 +54,8 @@ class SIDDataset(SequentialDataset):
     def item_texts(self, config) -> item_text.ItemTexts:
         item_file = Path(config["data_path"]) / f"{self.dataset_name}.item"
         item_tokens = list(self.field2id_token[self.iid_field][1:])
-        return item_text.item_texts(item_file, self.iid_field, dict(config["item_text_fields"]), item_tokens)
+        return item_text.item_texts(item_file, self.iid_field, dict(config["item_text_fields"]), item_tokens,
+                                    config["field_separator"])
 
     def is_current(self, config) -> bool:
         """Whether a saved copy of this dataset still has the SIDs that ``config`` would build."""

@@ -36,15 +36,15 @@ def _render(field: str, value: str) -> str:
     return value.rstrip(".").strip()
 
 
-def read_item_table(path: Path, item_field: str, fields: list[str]) -> pd.DataFrame:
+def read_item_table(path: Path, item_field: str, fields: list[str], separator: str = "\t") -> pd.DataFrame:
     """The raw strings of ``fields`` per item token, checked against the file's header."""
     if not path.is_file():
         raise InputError(f"{path}: item file not found; the item text fields {fields} come from it")
-    columns = {name.split(":")[0]: name for name in read_header(path)}
+    columns = {name.split(":")[0]: name for name in read_header(path, separator)}
     for field in [item_field, *fields]:
         if field not in columns:
             raise InputError(f"{path}: no column '{field}' (columns: {', '.join(columns)})")
-    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE,
+    table = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE,
                         usecols=[columns[field] for field in [item_field, *fields]], encoding="utf-8")
     table.columns = [name.split(":")[0] for name in table.columns]
     duplicated = table[item_field][table[item_field].duplicated()]
@@ -53,9 +53,10 @@ def read_item_table(path: Path, item_field: str, fields: list[str]) -> pd.DataFr
     return table.set_index(item_field)
 
 
-def item_texts(item_file: Path, item_field: str, labels: dict[str, str], items: list[str]) -> ItemTexts:
+def item_texts(item_file: Path, item_field: str, labels: dict[str, str], items: list[str],
+               separator: str = "\t") -> ItemTexts:
     """The text of each item token in ``items``; ``labels`` maps field -> label, in text order."""
-    table = read_item_table(item_file, item_field, list(labels))
+    table = read_item_table(item_file, item_field, list(labels), separator)
     rows = table.reindex(items, fill_value="")
     texts = [
         " ".join(f"{label}: {value}." for label, value in zip(labels.values(), values) if value)
