@@ -274,3 +274,24 @@ def test_weighted_dedup_sums_the_probability_of_every_path_to_a_sid(tiny_config)
     for item in range(1, model.n_items):
         expected = torch.tensor(paths[tuple(model.item_sid[item].tolist())]).logsumexp(0).item()
         assert scores[0, item].item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_the_packed_encoder_matches_a_padded_reference(tiny):
+    model, batch, _ = tiny
+    model.eval()
+    item_seq = batch[model.ITEM_SEQ]
+    memory_kv, mask = model.encode(item_seq)
+    # Reference: every position through every layer, padding included, keys masked; then zero the padding.
+    hidden = model.item_mlp(model.token_embedding(model.item_tokens[item_seq]).flatten(2))
+    hidden = hidden + model.position_embedding(torch.arange(item_seq.shape[1]))
+    for block in model.encoder:
+        q, k, v = (block.attn._heads(part) for part in block.attn.qkv(block.ln_attn(hidden)).chunk(3, dim=-1))
+        attended = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        hidden = hidden + block.attn.proj(attended.transpose(1, 2).flatten(2))
+        hidden = hidden + block.ffn(block.ln_ffn(hidden))
+    memory = model.ln_f(hidden) * mask[..., None]
+    assert mask.sum() < mask.numel()  # the batch has padding to skip
+    for block, (keys, values) in zip(model.decoder, memory_kv):
+        reference_k, reference_v = (block.attn._heads(part) for part in
+                                    torch.nn.functional.linear(memory, block.attn.qkv.weight[model.ln_f.normalized_shape[0]:]).chunk(2, -1))
+        assert torch.allclose(keys, reference_k, atol=1e-5) and torch.allclose(values, reference_v, atol=1e-5)

@@ -94,15 +94,17 @@ class DiffGM(SequentialRecommender):
     # ----- the network -----------------------------------------------------------------------------------
 
     def encode(self, item_seq: torch.Tensor) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-        """History ``[B, L]`` (right-padded with 0) -> per decoder block memory keys/values, and the key mask."""
+        """History ``[B, L]`` (right-padded with 0) -> per decoder block memory keys/values, and the key mask.
+
+        The encoder runs on the real items only (packed), so its cost follows the histories' lengths."""
         mask = item_seq > 0
-        items = self.item_mlp(self.token_embedding(self.item_tokens[item_seq]).flatten(2))
-        positions = torch.arange(item_seq.shape[1], device=item_seq.device)
+        items = self.item_mlp(self.token_embedding(self.item_tokens[item_seq[mask]]).flatten(1))  # [T, D]
+        positions = torch.arange(item_seq.shape[1], device=item_seq.device).expand_as(item_seq)[mask]
         hidden = self.dropout(items + self.position_embedding(positions))
         for block in self.encoder:
-            hidden = block(hidden, key_mask=mask)
-        memory = self.ln_f(hidden) * mask[..., None]
-        return [block.attn.memory_kv(memory) for block in self.decoder], mask
+            hidden = block(hidden, mask)
+        memory = self.ln_f(hidden)
+        return [block.attn.memory_kv(memory, mask) for block in self.decoder], mask
 
     def denoise(self, codes: torch.Tensor, memory_kv, memory_mask: torch.Tensor) -> torch.Tensor:
         """Codes ``[B, G, n]`` (``MASK`` where hidden) -> log-probabilities ``[B, G, n, K]`` for every slot."""
