@@ -19,7 +19,7 @@ from recbole_diffgm import (
     load_data_and_model,
     run_recbole_diffgm,
 )
-from recbole_diffgm.model.decoding import MASK, cpd_beam_search
+from recbole_diffgm.model.decoding import MASK, cpd_beam_search, rank_sids
 from recbole_diffgm.model.diffgm import DiffGM
 
 
@@ -83,20 +83,82 @@ def test_training_lowers_the_loss(tiny):
     assert losses[-1] < losses[0] - 0.1
 
 
+def constant_denoiser(model, confidence: list[float]):
+    """Make ``model`` predict code 0 with probability ``confidence[s]`` in slot ``s``, whatever it sees."""
+    probs = torch.stack([torch.cat([c[None], (1 - c).expand(7) / 7]) for c in torch.tensor(confidence)])
+    model.denoise = lambda codes, kv, mask: probs.log().expand(*codes.shape, 8)
+
+
 def test_guided_views_are_nested_and_least_confident_first(tiny):
     model, _, _ = tiny
-    # Slot confidences (max probability) 0.9, 0.2, 0.5, 0.7: the hiding order is slot 1, 2, 3, 0.
-    confidence = torch.tensor([0.9, 0.2, 0.5, 0.7])
-    probs = torch.stack([torch.cat([c[None], (1 - c).expand(7) / 7]) for c in confidence])
-    model.denoise = lambda codes, kv, mask: probs.log().expand(*codes.shape, 8)
+    constant_denoiser(model, [0.9, 0.2, 0.5, 0.7])  # least confident first: slot 1, 2, 3, 0
     views = model.masking_views(torch.zeros(2, 4, dtype=torch.long), None, None)
     expected = torch.tensor([[0, 1, 0, 0], [0, 1, 1, 0], [0, 1, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
     assert torch.equal(views, expected.expand(2, 4, 4))
     assert model.training  # the no-grad probe does not leave the model in eval mode
+    model.guided_select = "most"
+    assert model.guided_order(torch.zeros(2, 4, dtype=torch.long), None, None).tolist() == [[0, 3, 2, 1]] * 2
 
 
-def test_cpd_with_a_covering_beam_equals_brute_force():
-    # A denoiser over 2 slots x 3 codes whose log-probabilities depend on what is visible.
+def test_entropy_confidence_can_order_slots_unlike_max_probability(tiny):
+    model, _, _ = tiny
+    # Slot 0: max 0.5, the rest spread thin (high entropy); slot 1: 0.4, 0.4, then thin (lower entropy).
+    probs = torch.tensor([[0.5] + [0.5 / 7] * 7, [0.4, 0.4] + [0.2 / 6] * 6]).log()
+    model.denoise = lambda codes, kv, mask: probs.expand(*codes.shape, 8)
+    target = torch.zeros(1, 2, dtype=torch.long)
+    model.n_slots = 2
+    assert model.guided_order(target, None, None).tolist() == [[1, 0]]  # msp: slot 1 (0.4) is less confident
+    model.guided_confidence = "entropy"
+    assert model.guided_order(target, None, None).tolist() == [[0, 1]]  # entropy: slot 0 is less confident
+
+
+def test_guided_refresh_reprobes_with_the_hidden_slots(tiny):
+    model, _, _ = tiny
+    model.guided_refresh = True
+    probes = []
+
+    def denoise(codes, kv, mask):  # all hidden: slot 3 least confident; once slot 3 is hidden, slot 0 is
+        probes.append((codes[0, 0] == MASK).tolist())
+        confidence = [0.9, 0.8, 0.7, 0.1] if codes[0, 0, 0] == MASK else [0.1, 0.8, 0.7, 0.9]
+        probs = torch.stack([torch.cat([c[None], (1 - c).expand(7) / 7]) for c in torch.tensor(confidence)])
+        return probs.log().expand(*codes.shape, 8)
+
+    model.denoise = denoise
+    order = model.guided_order(torch.zeros(1, 4, dtype=torch.long), None, None)
+    assert order.tolist() == [[3, 0, 2, 1]]
+    assert probes == [[True] * 4, [False, False, False, True], [True, False, False, True]]
+
+
+def test_sequential_paths_are_nested_random_orders(tiny):
+    model, _, _ = tiny
+    model.masking_strategy, model.sequential_paths = "sequential", 3
+    views = model.masking_views(torch.zeros(5, 4, dtype=torch.long), None, None).view(5, 3, 4, 4)
+    assert torch.equal(views.sum(-1), torch.arange(1, 5).expand(5, 3, 4))  # view t of a path hides t + 1 slots
+    assert (views[:, :, 1:] >= views[:, :, :-1]).all()  # nested along each path
+
+
+def test_loss_reductions_follow_the_paper_and_the_released_code(tiny):
+    model, batch, _ = tiny
+    model.eval()
+    torch.manual_seed(0)
+    view_mean = model.calculate_loss(batch)
+    model.loss_reduction = "token_mean"
+    token_mean = model.calculate_loss(batch)
+    # Recompute both from the per-token losses of the same (deterministic, guided) views.
+    target = model.item_sid[batch[model.POS_ITEM_ID]]
+    memory_kv, memory_mask = model.encode(batch[model.ITEM_SEQ])
+    views = model.masking_views(target, memory_kv, memory_mask)
+    log_probs = model.denoise(target[:, None].expand_as(views).masked_fill(views, MASK), memory_kv, memory_mask)
+    labels = target[:, None].expand_as(views)
+    tokens = torch.nn.functional.cross_entropy(log_probs.flatten(0, 2), labels.flatten(), reduction="none",
+                                               label_smoothing=model.label_smoothing).view_as(views)
+    torch.testing.assert_close(view_mean, ((tokens * views).sum(-1) / views.sum(-1)).mean())
+    torch.testing.assert_close(token_mean, (tokens * views).sum() / views.sum())
+    assert not torch.isclose(view_mean, token_mean)
+
+
+def toy_denoiser():
+    """A denoiser over 2 slots x 3 codes whose log-probabilities depend on what is visible."""
     generator = torch.Generator().manual_seed(0)
     tables = {state: torch.randn(2, 3, generator=generator).log_softmax(-1)
               for state in itertools.product([MASK, 0, 1, 2], repeat=2)}
@@ -104,22 +166,64 @@ def test_cpd_with_a_covering_beam_equals_brute_force():
     def denoise(codes):
         return torch.stack([torch.stack([tables[tuple(row.tolist())] for row in user]) for user in codes])
 
-    # Every fill order of every SID, scored as the sum of its steps' conditional log-probabilities.
-    paths = []
-    for sid in itertools.product(range(3), repeat=2):
-        for order in itertools.permutations(range(2)):
-            state, score = [MASK, MASK], 0.0
-            for slot in order:
-                score += tables[tuple(state)][slot, sid[slot]].item()
-                state[slot] = sid[slot]
-            paths.append((score, sid))
-    paths.sort(reverse=True)
+    return tables, denoise
 
+
+def path_score(tables, sid, order):
+    """The sum of the conditional log-probabilities of filling ``sid``'s slots in ``order``."""
+    state, score = [MASK, MASK], 0.0
+    for slot in order:
+        score += tables[tuple(state)][slot, sid[slot]].item()
+        state[slot] = sid[slot]
+    return score
+
+
+def test_cpd_with_a_covering_beam_equals_brute_force():
+    tables, denoise = toy_denoiser()
+    # Every fill order of every SID.
+    paths = sorted(((path_score(tables, sid, order), sid) for sid in itertools.product(range(3), repeat=2)
+                    for order in itertools.permutations(range(2))), reverse=True)
     codes, scores, first = cpd_beam_search(denoise, batch_size=1, n_slots=2, beam_size=len(paths))
     assert [tuple(c) for c in codes[0].tolist()] == [sid for _, sid in paths]
     torch.testing.assert_close(scores[0], torch.tensor([score for score, _ in paths]))
     torch.testing.assert_close(first[0], tables[(MASK, MASK)])
 
+
+def test_greedy_last_step_completes_each_beam_with_its_best_code():
+    tables, denoise = toy_denoiser()
+    expected = []
+    for slot, code in itertools.product(range(2), range(3)):  # a beam of 6 keeps every first step
+        state = [MASK, MASK]
+        state[slot] = code
+        last = tables[tuple(state)][1 - slot]
+        state[1 - slot] = last.argmax().item()
+        expected.append((tables[(MASK, MASK)][slot, code].item() + last.max().item(), tuple(state)))
+    expected.sort(reverse=True)
+    codes, scores, _ = cpd_beam_search(denoise, 1, 2, beam_size=6, greedy_last_step=True)
+    assert [tuple(c) for c in codes[0].tolist()] == [sid for _, sid in expected]
+    torch.testing.assert_close(scores[0], torch.tensor([score for score, _ in expected]))
+
+
+def test_a_fixed_slot_order_equals_brute_force_in_that_order():
+    tables, denoise = toy_denoiser()
+    paths = sorted(((path_score(tables, sid, (1, 0)), sid) for sid in itertools.product(range(3), repeat=2)),
+                   reverse=True)
+    codes, scores, _ = cpd_beam_search(denoise, 1, 2, beam_size=9, slot_order=torch.tensor([1, 0]))
+    assert [tuple(c) for c in codes[0].tolist()] == [sid for _, sid in paths]
+    torch.testing.assert_close(scores[0], torch.tensor([score for score, _ in paths]))
+
+
+def test_generated_lists_drop_illegal_sids_and_duplicates_unless_asked():
+    codes = torch.tensor([[1, 2], [1, 2], [3, 3], [0, 1], [3, 3]])
+    scores = torch.tensor([-1.0, -1.5, -2.0, -2.5, -3.0])
+    legal = torch.tensor([True, True, True, False, True])  # (0, 1) belongs to no item
+    simple, simple_scores = rank_sids(codes, scores, legal, "simple")
+    assert simple.tolist() == [[1, 2], [3, 3]] and simple_scores.tolist() == [-1.0, -2.0]
+    weighted, weighted_scores = rank_sids(codes, scores, legal, "weighted")
+    assert weighted.tolist() == [[1, 2], [3, 3]]
+    torch.testing.assert_close(weighted_scores, torch.stack([scores[:2].logsumexp(0), scores[[2, 4]].logsumexp(0)]))
+    kept, _ = rank_sids(codes, scores, legal, "none")
+    assert kept.tolist() == [[1, 2], [1, 2], [3, 3], [3, 3]]
 
 
 def test_every_item_is_scored_and_predict_agrees(tiny):
@@ -138,6 +242,18 @@ def two_digit(tiny_config):
     config = Config("DiffGM", NAME, config_dict={**tiny_config, "n_digit": 2})
     train, valid, _ = data_preparation(config, create_dataset(config))
     return get_model("DiffGM")(config, train._dataset).eval(), next(iter(valid))[0]
+
+
+def test_generate_returns_distinct_catalogue_sids(two_digit):
+    model, interaction = two_digit
+    model.beam_size = 64
+    catalogue = {tuple(sid) for sid in model.item_sid[1:].tolist()}
+    lists = model.generate(interaction[model.ITEM_SEQ], top_k=10)
+    assert len(lists) == len(interaction)
+    for codes, scores in lists:
+        sids = [tuple(c) for c in codes.tolist()]
+        assert len(sids) == 10 and len(set(sids)) == 10 and set(sids) <= catalogue
+        assert torch.equal(scores, scores.sort(descending=True).values)
 
 
 def test_beam_hits_rank_first_and_share_their_beam_score(two_digit):

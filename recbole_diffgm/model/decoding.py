@@ -21,8 +21,15 @@ Denoiser = Callable[[torch.Tensor], torch.Tensor]
 
 
 def cpd_beam_search(denoise: Denoiser, batch_size: int, n_slots: int, beam_size: int,
-                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    device: torch.device | str = "cpu", greedy_last_step: bool = False,
+                    slot_order: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Confidence-guided parallel denoising with a beam over (slot, code) choices.
+
+    Args:
+        greedy_last_step: fill each beam's last slot with its best code and keep the beams as they are (the
+            released code), instead of a last global top-``beam_size`` over (beam, code) (the paper).
+        slot_order: a fixed order in which the slots are filled, the same for every beam (the paper's
+            "w/o CPD" control); ``None`` lets each beam fill its most confident slot first.
 
     Returns:
         ``(codes [B, beam, n], scores [B, beam], first_log_probs [B, n, K])``, beams sorted by score;
@@ -31,16 +38,47 @@ def cpd_beam_search(denoise: Denoiser, batch_size: int, n_slots: int, beam_size:
     codes = torch.full((batch_size, 1, n_slots), MASK, dtype=torch.long, device=device)
     scores = torch.zeros(batch_size, 1, device=device)
     first_log_probs = None
-    for _ in range(n_slots):
+    for step in range(n_slots):
         log_probs = denoise(codes)  # [B, G, n, K]
         if first_log_probs is None:
             first_log_probs = log_probs[:, 0]
-        n_codes = log_probs.shape[-1]
-        candidates = scores[:, :, None, None] + log_probs.masked_fill((codes != MASK)[..., None], float("-inf"))
-        width = min(beam_size, candidates[0].isfinite().sum().item())
-        top_scores, flat = candidates.flatten(1).topk(width, dim=1)
-        beam, slot, code = flat // (n_slots * n_codes), flat // n_codes % n_slots, flat % n_codes
-        codes = codes.gather(1, beam[..., None].expand(-1, -1, n_slots)).clone()
-        codes.scatter_(2, slot[..., None], code[..., None])
-        scores = top_scores
+        closed = codes != MASK
+        if slot_order is not None:
+            closed = closed | (torch.arange(n_slots, device=device) != slot_order[step])
+        candidates = scores[:, :, None, None] + log_probs.masked_fill(closed[..., None], float("-inf"))
+        if greedy_last_step and step == n_slots - 1 and step > 0:
+            best, flat = candidates.flatten(2).max(dim=2)  # one open slot per beam: its best code
+            codes = codes.scatter(2, (flat // log_probs.shape[-1])[..., None], (flat % log_probs.shape[-1])[..., None])
+            scores, order = best.sort(dim=1, descending=True)
+            return codes.gather(1, order[..., None].expand_as(codes)), scores, first_log_probs
+        codes, scores = _keep_best(codes, candidates, beam_size)
     return codes, scores, first_log_probs
+
+
+def _keep_best(codes: torch.Tensor, candidates: torch.Tensor, beam_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The global top ``beam_size`` of the (beam, slot, code) ``candidates`` ``[B, G, n, K]``, as new beams."""
+    _, _, n_slots, n_codes = candidates.shape
+    width = min(beam_size, candidates[0].isfinite().sum().item())
+    top_scores, flat = candidates.flatten(1).topk(width, dim=1)
+    beam, slot, code = flat // (n_slots * n_codes), flat // n_codes % n_slots, flat % n_codes
+    codes = codes.gather(1, beam[..., None].expand(-1, -1, n_slots)).clone()
+    codes.scatter_(2, slot[..., None], code[..., None])
+    return codes, top_scores
+
+
+def rank_sids(codes: torch.Tensor, scores: torch.Tensor, legal: torch.Tensor, dedup: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Order one user's beams ``codes [G, n]`` / ``scores [G]`` as a recommendation list of SIDs.
+
+    SIDs that are not ``legal`` (``[G]``, no item has them) are dropped. ``dedup``: ``simple`` keeps a
+    SID's best beam, ``weighted`` scores a SID by the log of the summed probability of its beams, ``none``
+    keeps every beam (the same SID may then appear several times, as in the released code's lists).
+    """
+    codes, scores = codes[legal], scores[legal]
+    if dedup == "none" or len(codes) == 0:
+        return codes, scores
+    unique, group = codes.unique(dim=0, return_inverse=True)
+    merged = scores.new_full((len(unique),), float("-inf")).scatter_reduce(0, group, scores, reduce="amax")
+    if dedup == "weighted":  # log-sum-exp, shifted by each SID's best beam
+        merged = merged + scores.new_zeros(len(unique)).index_add_(0, group, (scores - merged[group]).exp()).log()
+    merged, order = merged.sort(descending=True)
+    return unique[order], merged

@@ -25,11 +25,16 @@ from torch.nn import functional as F
 
 from recbole_diffgm.data.dataset import SIDDataset
 from recbole_diffgm.errors import InputError
-from recbole_diffgm.model.decoding import MASK, cpd_beam_search
+from recbole_diffgm.model.decoding import MASK, cpd_beam_search, rank_sids
 from recbole_diffgm.model.layers import DecoderBlock, EncoderBlock
 from recbole_diffgm.trainer import GenerativeTrainer
 
-MASKING_STRATEGIES = ("guided", "sequential", "random")
+
+
+def _choice(config, key: str, options: tuple[str, ...]) -> str:
+    if config[key] not in options:
+        raise InputError(f"unknown {key} '{config[key]}'; choose one of {', '.join(options)}")
+    return config[key]
 
 
 class DiffGM(SequentialRecommender):
@@ -45,18 +50,27 @@ class DiffGM(SequentialRecommender):
         if item_sid[1:].max() >= self.n_codes:
             raise InputError(f"a semantic-ID digit reaches {int(item_sid[1:].max())}, beyond codebook_size "
                              f"{self.n_codes} (a disambiguation digit for a larger collision group?)")
-        if config["masking_strategy"] not in MASKING_STRATEGIES:
-            raise InputError(f"unknown masking_strategy '{config['masking_strategy']}'; "
-                             f"choose one of {', '.join(MASKING_STRATEGIES)}")
-        self.masking_strategy = config["masking_strategy"]
+        self.masking_strategy = _choice(config, "masking_strategy", ("guided", "sequential", "random"))
+        self.guided_select = _choice(config, "guided_select", ("least", "most"))
+        self.guided_confidence = _choice(config, "guided_confidence", ("msp", "entropy"))
+        self.guided_refresh = bool(config["guided_refresh"])
+        self.sequential_paths = config["sequential_paths"]
+        self.mask_prob = config["mask_prob"]
+        if not (isinstance(self.sequential_paths, int) and self.sequential_paths >= 1):
+            raise InputError(f"sequential_paths must be a positive integer, got {self.sequential_paths!r}")
+        if not 0 < self.mask_prob <= 1:
+            raise InputError(f"mask_prob must be in (0, 1], got {self.mask_prob!r}")
+        self.loss_reduction = _choice(config, "loss_reduction", ("view_mean", "token_mean"))
         self.label_smoothing = config["label_smoothing"]
         self.beam_size = config["test_beam_size"]  # GenerativeTrainer validates with valid_beam_size
-        if config["eval_level"] not in ("item", "sid"):
-            raise InputError(f"unknown eval_level '{config['eval_level']}'; choose item or sid")
-        self.eval_level = config["eval_level"]
-        if config["dedup_strategy"] not in ("simple", "weighted"):
-            raise InputError(f"unknown dedup_strategy '{config['dedup_strategy']}'; choose simple or weighted")
-        self.dedup_strategy = config["dedup_strategy"]
+        self.greedy_last_step = _choice(config, "cpd_last_step", ("beam", "greedy")) == "greedy"
+        self.eval_level = _choice(config, "eval_level", ("item", "sid"))
+        # "none" (duplicate SIDs kept in a list) exists only for generate(): a score per item cannot repeat one.
+        self.dedup_strategy = _choice(config, "dedup_strategy", ("simple", "weighted"))
+        slot_order = None
+        if _choice(config, "decode_order", ("confidence", "random")) == "random":
+            slot_order = torch.randperm(self.n_slots, generator=torch.Generator().manual_seed(config["seed"]))
+        self.register_buffer("slot_order", slot_order, persistent=False)
         # Item ids as token ids: digit d, code c -> d * n_codes + c; the last row is the padding item.
         offsets = torch.arange(self.n_slots) * self.n_codes
         item_tokens = torch.where(item_sid >= 0, item_sid + offsets, self.n_slots * self.n_codes)
@@ -123,20 +137,47 @@ class DiffGM(SequentialRecommender):
     def masking_views(self, target: torch.Tensor, memory_kv, memory_mask) -> torch.Tensor:
         """Boolean masks ``[B, V, n]`` (True = hidden and supervised) of the training views."""
         batch, n = target.shape
-        if self.masking_strategy == "random":  # each slot hidden with probability 1/2, independently
-            return torch.rand(batch, n, n, device=target.device) < 0.5
+        if self.masking_strategy == "random":  # n views, each slot hidden independently with mask_prob
+            return torch.rand(batch, n, n, device=target.device) < self.mask_prob
         if self.masking_strategy == "guided":
-            was_training = self.training
-            self.eval()
-            with torch.no_grad():
-                all_masked = torch.full_like(target, MASK)[:, None]
-                confidence = self.denoise(all_masked, memory_kv, memory_mask)[:, 0].amax(dim=-1)  # MSP [B, n]
-            self.train(was_training)
-            order = confidence.argsort(dim=1)  # least confident first
-        else:  # sequential: a random coherent order per row
-            order = torch.rand(batch, n, device=target.device).argsort(dim=1)
-        rank = order.argsort(dim=1)  # rank[b, s] = position of slot s in the order
-        return rank[:, None, :] <= torch.arange(n, device=target.device)[None, :, None]
+            order = self.guided_order(target, memory_kv, memory_mask)[:, None]
+        else:  # sequential: random coherent orders, sequential_paths per row
+            order = torch.rand(batch, self.sequential_paths, n, device=target.device).argsort(dim=-1)
+        rank = order.argsort(dim=-1)  # [B, P, n]: the position of each slot in its path's order
+        views = rank[:, :, None, :] <= torch.arange(n, device=target.device)[:, None]  # view t hides t + 1 slots
+        return views.flatten(1, 2)
+
+    @torch.no_grad()
+    def guided_order(self, target: torch.Tensor, memory_kv, memory_mask) -> torch.Tensor:
+        """``[B, n]``: the order in which OCN hides the target's slots, least (``guided_select: most``: most)
+        confident first, by the model's own prediction with every slot hidden (a probe in eval mode). With
+        ``guided_refresh`` the probe is repeated after each hidden slot, on the target with those slots hidden."""
+        was_training = self.training
+        self.eval()
+        batch, n = target.shape
+        rows = torch.arange(batch, device=target.device)
+        hidden = torch.ones_like(target, dtype=torch.bool)
+        chosen = torch.zeros_like(hidden)
+        order = []
+        for _ in range(n - 1 if self.guided_refresh else 1):
+            log_probs = self.denoise(target.masked_fill(hidden, MASK)[:, None], memory_kv, memory_mask)[:, 0]
+            if self.guided_confidence == "msp":
+                confidence = log_probs.amax(dim=-1)
+            else:  # entropy: confidence = -entropy
+                confidence = (log_probs.exp() * log_probs).sum(dim=-1)
+            if self.guided_select == "most":
+                confidence = -confidence
+            if not self.guided_refresh:
+                order = confidence.argsort(dim=1)
+                break
+            pick = confidence.masked_fill(chosen, float("inf")).argmin(dim=1)
+            chosen[rows, pick] = True
+            hidden = chosen.clone()
+            order.append(pick)
+        else:
+            order = torch.stack([*order, (~chosen).int().argmax(dim=1)], dim=1)
+        self.train(was_training)
+        return order
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         item_seq = interaction[self.ITEM_SEQ]
@@ -149,16 +190,29 @@ class DiffGM(SequentialRecommender):
         labels = target[:, None].expand_as(views)
         token_loss = F.cross_entropy(log_probs.flatten(0, 2), labels.flatten(), reduction="none",
                                      label_smoothing=self.label_smoothing).view_as(views)
-        # Mean over the hidden slots of each view, then over views (the paper's reduction).
-        view_loss = (token_loss * views).sum(-1) / views.sum(-1)
-        return view_loss.mean()
+        if self.loss_reduction == "token_mean":  # the released code: every hidden slot of every view alike
+            return (token_loss * views).sum() / views.sum()
+        # The paper: mean over the hidden slots of each view, then over the views.
+        return ((token_loss * views).sum(-1) / views.sum(-1)).mean()
 
     # ----- inference: CPD, scored per item ----------------------------------------------------------------
 
     def decode(self, item_seq: torch.Tensor, beam_size: int):
         memory_kv, memory_mask = self.encode(item_seq)
         return cpd_beam_search(lambda codes: self.denoise(codes, memory_kv, memory_mask), len(item_seq),
-                               self.n_slots, beam_size, item_seq.device)
+                               self.n_slots, beam_size, item_seq.device, self.greedy_last_step, self.slot_order)
+
+    @torch.no_grad()
+    def generate(self, item_seq: torch.Tensor, top_k: int, dedup: str | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per user, the ``top_k`` best SIDs ``[k, n]`` that some item has, and their scores ``[k]``: the
+        generative recommendation list, with ``dedup`` ``simple`` / ``weighted`` / ``none`` (default: the
+        config's ``dedup_strategy``); fewer than ``top_k`` when the beam reached fewer."""
+        codes, scores, _ = self.decode(item_seq, self.beam_size)
+        catalogue = self.item_sid[1:]
+        _, group = torch.cat([catalogue, codes.flatten(0, 1)]).unique(dim=0, return_inverse=True)
+        legal = torch.isin(group[len(catalogue):], group[: len(catalogue)]).view(codes.shape[:2])
+        return [tuple(part[:top_k] for part in rank_sids(c, s, ok, dedup or self.dedup_strategy))
+                for c, s, ok in zip(codes, scores, legal)]
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
         """Scores ``[B, n_items]``: items whose SID the beam reached first, by beam score; then every other
@@ -196,3 +250,4 @@ class DiffGM(SequentialRecommender):
         """The score ``full_sort_predict`` gives ``interaction[ITEM_ID]``."""
         scores = self.full_sort_predict(interaction)
         return scores.gather(1, interaction[self.ITEM_ID][:, None])[:, 0]
+
