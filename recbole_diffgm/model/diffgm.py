@@ -30,7 +30,6 @@ from recbole_diffgm.model.layers import DecoderBlock, EncoderBlock
 from recbole_diffgm.trainer import GenerativeTrainer
 
 
-
 def _choice(config, key: str, options: tuple[str, ...]) -> str:
     if config[key] not in options:
         raise InputError(f"unknown {key} '{config[key]}'; choose one of {', '.join(options)}")
