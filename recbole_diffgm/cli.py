@@ -24,6 +24,12 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser.add_argument("--config_files", default=None, help="space-separated yaml files, applied in order")
     parser.add_argument("--build_sids", action="store_true",
                         help="only build (or load) the semantic IDs of --dataset and report them; no training")
+    distributed = parser.add_argument_group("distributed training (RecBole's DDP)")
+    distributed.add_argument("--nproc", type=int, default=1, help="processes on this machine (default: %(default)s)")
+    distributed.add_argument("--world_size", type=int, default=-1, help="processes in all (default: nproc)")
+    distributed.add_argument("--ip", default="localhost", help="address of rank 0 (default: %(default)s)")
+    distributed.add_argument("--port", default="5678", help="port of rank 0 (default: %(default)s)")
+    distributed.add_argument("--group_offset", type=int, default=0, help="this machine's first rank (default: 0)")
     args, rest = parser.parse_known_args(argv)
     overrides = {}
     for arg in rest:
@@ -44,8 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         # Imported here so that --help and argument errors answer without loading torch and RecBole.
         from recbole_diffgm.quick_start import build_item_sids, run_recbole_diffgm
 
-        run = build_item_sids if args.build_sids else run_recbole_diffgm
-        run(args.model, args.dataset, config_files, overrides)
+        if args.build_sids:
+            build_item_sids(args.model, args.dataset, config_files, overrides)
+        else:
+            run_recbole_diffgm(args.model, args.dataset, config_files, overrides, nproc=args.nproc,
+                               world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 # numpy 2 removed these aliases. RecBole still reads them: ``Config.compatibility_settings`` reads
 # ``np.float_``/``np.complex_``/``np.unicode_`` on every Config; the evaluator and dataset use
@@ -55,10 +56,33 @@ def load_checkpoint(path: str, device: torch.device | str = "cpu") -> dict:
 
 
 class CheckpointCompatMixin:
-    """Mixed into RecBole's trainers: the two places where they reload their own checkpoints."""
+    """Mixed into RecBole's trainers: the two places where they reload their own checkpoints, and DDP:
+
+    - on the CPU (RecBole pins the DDP model to ``device_ids=[local_rank]``, which only a GPU module accepts);
+    - every rank names the checkpoint as rank 0 does (RecBole names it by each process's clock, to the
+      second, and only rank 0 writes it), and waits for rank 0 before reloading it for the test.
+    """
+
+    def __init__(self, config, model):
+        cpu_ddp = not config["single_spec"] and config["device"].type == "cpu"
+        if cpu_ddp:
+            config["single_spec"] = True
+        try:
+            super().__init__(config, model)
+        finally:
+            if cpu_ddp:
+                config["single_spec"] = False
+        if cpu_ddp:
+            self.distributed_model = DistributedDataParallel(self.model)
+        if not config["single_spec"]:
+            names = [self.saved_model_file]
+            torch.distributed.broadcast_object_list(names, src=0)
+            self.saved_model_file = names[0]
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         if load_best_model and eval_data:
+            if not self.config["single_spec"]:
+                torch.distributed.barrier()  # rank 0 has written its last checkpoint
             checkpoint_file = model_file or self.saved_model_file
             checkpoint = load_checkpoint(checkpoint_file, self.device)
             self.model.load_state_dict(checkpoint["state_dict"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import recbole.config
+import torch
 
 from recbole_diffgm.utils import get_model
 
@@ -53,3 +54,15 @@ class Config(recbole.config.Config):
             dataset_keys = self._update_internal_config_dict(dataset_file) or {}
             # RecBole compares these keys to decide whether a saved dataset is still valid.
             self.parameters["Dataset"] += [k for k in dataset_keys if k not in self.parameters["Dataset"]]
+
+    def _init_device(self):
+        # RecBole's DDP joins the processes with NCCL on CUDA only; without a GPU they join with Gloo on the CPU.
+        if "local_rank" not in self.final_config_dict or torch.cuda.is_available():
+            return super()._init_device()
+        config = self.final_config_dict
+        config["gpu_id"] = ",".join(map(str, config["gpu_id"])) if isinstance(config["gpu_id"], tuple) else str(config["gpu_id"])
+        torch.distributed.init_process_group(
+            backend="gloo", rank=config["local_rank"] + config["offset"], world_size=config["world_size"],
+            init_method=f"tcp://{config['ip']}:{config['port']}")
+        config["device"] = torch.device("cpu")
+        config["single_spec"] = False

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import time
 from logging import getLogger
+from pathlib import Path
 
+import torch
 from recbole.data import data_preparation
 from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
@@ -27,7 +29,8 @@ def dataset_summary(dataset) -> str:
     )
 
 
-def run_recbole_diffgm(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True):
+def run_recbole_diffgm(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True,
+                       nproc=1, world_size=-1, ip="localhost", port="5678", group_offset=0):
     """Train ``model`` on ``dataset`` and evaluate it on the test split.
 
     Args:
@@ -37,11 +40,36 @@ def run_recbole_diffgm(model=None, dataset=None, config_file_list=None, config_d
         config_dict (dict): parameters that override the files.
         saved (bool): keep the best checkpoint (selected on validation) and test it; otherwise test
             the model of the last epoch.
+        nproc, world_size, ip, port, group_offset: RecBole's distributed data parallel run: ``nproc``
+            processes on this machine (one per GPU; Gloo on the CPU when there is none), ``world_size``
+            processes in all, rank 0 reachable at ``ip:port``, this machine's first rank ``group_offset``.
 
     Returns:
         dict: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``,
-        ``train_seconds`` and ``model_file`` (``None`` when not saved).
+        ``train_seconds`` and ``model_file`` (``None`` when not saved); with several processes, rank 0's.
     """
+    if nproc == 1 and world_size <= 0:
+        return _run(model, dataset, config_file_list, config_dict, saved)
+    distributed = {"world_size": nproc if world_size == -1 else world_size, "ip": ip, "port": str(port),
+                   "nproc": nproc, "offset": group_offset}
+    # RecBole's init_logger creates ./log/<model>/ unless it exists, a race between the processes.
+    Path("log", model if isinstance(model, str) else model.__name__).mkdir(parents=True, exist_ok=True)
+    context = torch.multiprocessing.get_context("spawn")
+    results = context.SimpleQueue()
+    torch.multiprocessing.start_processes(
+        _run_rank, args=(model, dataset, config_file_list, {**(config_dict or {}), **distributed}, saved, results),
+        nprocs=nproc, join=True, start_method="spawn")
+    return None if results.empty() else results.get()
+
+
+def _run_rank(local_rank, model, dataset, config_file_list, config_dict, saved, results):
+    result = _run(model, dataset, config_file_list, {**config_dict, "local_rank": local_rank}, saved)
+    if local_rank + config_dict["offset"] == 0:
+        results.put(result)
+    torch.distributed.destroy_process_group()
+
+
+def _run(model, dataset, config_file_list, config_dict, saved):
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
@@ -103,13 +131,17 @@ def build_item_sids(model=None, dataset=None, config_file_list=None, config_dict
 
 
 def load_data_and_model(model_file):
-    """Load a saved run: its config, model (with the saved weights), dataset and dataloaders.
+    """Load a saved run: its config, model (with the saved weights), dataset and dataloaders, in this
+    single process (a run trained with DDP loads as one process, on CUDA when there is a GPU).
 
     Returns:
         tuple: ``(config, model, dataset, train_data, valid_data, test_data)``, as RecBole's.
     """
     checkpoint = load_checkpoint(model_file)
     config = checkpoint["config"]
+    if not config["single_spec"]:
+        config["single_spec"], config["local_rank"] = True, 0
+        config["device"] = torch.device("cuda" if torch.cuda.is_available() and config["use_gpu"] else "cpu")
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     dataset = create_dataset(config)

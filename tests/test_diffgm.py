@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import socket
 
 import pytest
 import torch
@@ -411,3 +412,18 @@ def test_the_packed_encoder_matches_a_padded_reference(tiny):
         reference_k, reference_v = (block.attn._heads(part) for part in
                                     torch.nn.functional.linear(memory, block.attn.qkv.weight[model.ln_f.normalized_shape[0]:]).chunk(2, -1))
         assert torch.allclose(keys, reference_k, atol=1e-5) and torch.allclose(values, reference_v, atol=1e-5)
+
+
+def test_ddp_on_two_cpu_processes_evaluates_like_one_process(tiny_config):
+    with socket.socket() as probe:  # a free port for rank 0
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    result = run_recbole_diffgm("DiffGM", NAME, config_dict={**tiny_config, "epochs": 2}, nproc=2, port=port)
+    assert result["test_result"] and result["best_valid_result"]
+    # The same saved model evaluated by one process: RecBole's DDP splits the 24 test users 12 / 12.
+    config, model, _, _, _, test = load_data_and_model(result["model_file"])
+    assert config["single_spec"]
+    single = get_trainer(config["MODEL_TYPE"], config["model"])(config, model).evaluate(test, load_best_model=False)
+    assert max(single.values()) > 0  # a model that hits something, so a wrong reduction would show
+    for metric, value in single.items():
+        assert result["test_result"][metric] == pytest.approx(value, abs=2e-4), metric
