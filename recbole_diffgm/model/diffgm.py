@@ -11,47 +11,28 @@ digits in any order, its slots attending to each other both ways and to the hist
 - Training, On-policy Coherent Noising (OCN): a no-grad all-masked pass ranks the target's slots by the
   model's confidence; view ``t`` masks the ``t`` least confident slots and shows the others, so the views
   are nested and the hardest digit is supervised in every view (``masking_strategy: guided``).
-- Inference, Confidence-guided Parallel Denoising (CPD, ``decoding.cpd_beam_search``), scored per item
-  so that RecBole's evaluator ranks every item (``full_sort_predict``).
+- Inference, Confidence-guided Parallel Denoising (CPD, ``decoding.cpd_beam_search``); the beams become
+  item scores for RecBole's evaluator in ``GenerativeRecommender.full_sort_predict``.
 """
 
 from __future__ import annotations
 
 import torch
-from recbole.model.abstract_recommender import SequentialRecommender
-from recbole.utils import InputType
 from torch import nn
 from torch.nn import functional as F
 
-from recbole_diffgm.data.dataset import SIDDataset
 from recbole_diffgm.errors import InputError
-from recbole_diffgm.model.decoding import MASK, cpd_beam_search, rank_sids
+from recbole_diffgm.model.decoding import MASK, cpd_beam_search
+from recbole_diffgm.model.generative import GenerativeRecommender, config_choice
 from recbole_diffgm.model.layers import DecoderBlock, EncoderBlock
-from recbole_diffgm.trainer import GenerativeTrainer
 
 
-def _choice(config, key: str, options: tuple[str, ...]) -> str:
-    if config[key] not in options:
-        raise InputError(f"unknown {key} '{config[key]}'; choose one of {', '.join(options)}")
-    return config[key]
-
-
-class DiffGM(SequentialRecommender):
-    input_type = InputType.POINTWISE
-    dataset_class = SIDDataset
-    trainer_class = GenerativeTrainer
-
+class DiffGM(GenerativeRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        item_sid = dataset.item_sid
-        self.n_slots = item_sid.shape[1]
-        self.n_codes = config["codebook_size"]
-        if item_sid[1:].max() >= self.n_codes:
-            raise InputError(f"a semantic-ID digit reaches {int(item_sid[1:].max())}, beyond codebook_size "
-                             f"{self.n_codes} (a disambiguation digit for a larger collision group?)")
-        self.masking_strategy = _choice(config, "masking_strategy", ("guided", "sequential", "random"))
-        self.guided_select = _choice(config, "guided_select", ("least", "most"))
-        self.guided_confidence = _choice(config, "guided_confidence", ("msp", "entropy"))
+        self.masking_strategy = config_choice(config, "masking_strategy", ("guided", "sequential", "random"))
+        self.guided_select = config_choice(config, "guided_select", ("least", "most"))
+        self.guided_confidence = config_choice(config, "guided_confidence", ("msp", "entropy"))
         self.guided_refresh = bool(config["guided_refresh"])
         self.sequential_paths = config["sequential_paths"]
         self.mask_prob = config["mask_prob"]
@@ -59,31 +40,13 @@ class DiffGM(SequentialRecommender):
             raise InputError(f"sequential_paths must be a positive integer, got {self.sequential_paths!r}")
         if not 0 < self.mask_prob <= 1:
             raise InputError(f"mask_prob must be in (0, 1], got {self.mask_prob!r}")
-        self.loss_reduction = _choice(config, "loss_reduction", ("view_mean", "token_mean"))
+        self.loss_reduction = config_choice(config, "loss_reduction", ("view_mean", "token_mean"))
         self.label_smoothing = config["label_smoothing"]
-        self.beam_size = config["test_beam_size"]  # GenerativeTrainer validates with valid_beam_size
-        self.greedy_last_step = _choice(config, "cpd_last_step", ("beam", "greedy")) == "greedy"
-        self.eval_level = _choice(config, "eval_level", ("item", "sid"))
-        # "none" (duplicate SIDs kept in a list) exists only for generate(): a score per item cannot repeat one.
-        self.dedup_strategy = _choice(config, "dedup_strategy", ("simple", "weighted"))
+        self.greedy_last_step = config_choice(config, "cpd_last_step", ("beam", "greedy")) == "greedy"
         slot_order = None
-        if _choice(config, "decode_order", ("confidence", "random")) == "random":
+        if config_choice(config, "decode_order", ("confidence", "random")) == "random":
             slot_order = torch.randperm(self.n_slots, generator=torch.Generator().manual_seed(config["seed"]))
         self.register_buffer("slot_order", slot_order, persistent=False)
-        # Item ids as token ids: digit d, code c -> d * n_codes + c; the last row is the padding item.
-        offsets = torch.arange(self.n_slots) * self.n_codes
-        item_tokens = torch.where(item_sid >= 0, item_sid + offsets, self.n_slots * self.n_codes)
-        self.register_buffer("item_sid", item_sid, persistent=False)
-        self.register_buffer("item_tokens", item_tokens, persistent=False)
-        self.register_buffer("code_offsets", offsets, persistent=False)
-        # SID-level evaluation ranks one item per SID: the smallest item id of each SID stands for it.
-        _, sid_group = item_sid.unique(dim=0, return_inverse=True)
-        first_of_group = torch.full((int(sid_group.max()) + 1,), len(item_sid)).scatter_reduce(
-            0, sid_group, torch.arange(len(item_sid)), reduce="amin")
-        self.register_buffer("sid_representative", first_of_group[sid_group], persistent=False)
-        # Training popularity breaks ties between items that share a SID (sid_collision: keep).
-        popularity = torch.bincount(torch.as_tensor(dataset.inter_feat[self.ITEM_ID]), minlength=self.n_items)
-        self.register_buffer("tie_break", popularity.float() / (popularity.max() + 1) * 1e-4, persistent=False)
 
         d_model, n_heads, d_inner, dropout = (config["n_embd"], config["n_head"], config["n_inner"], config["dropout"])
         self.token_embedding = nn.Embedding(self.n_slots * self.n_codes + 1, d_model)
@@ -96,13 +59,6 @@ class DiffGM(SequentialRecommender):
         self.ln_f = nn.LayerNorm(d_model)
         self.apply(self._init_weights)
         nn.init.normal_(self.mask_embedding, std=0.02)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
 
     # ----- the network -----------------------------------------------------------------------------------
 
@@ -200,53 +156,4 @@ class DiffGM(SequentialRecommender):
         memory_kv, memory_mask = self.encode(item_seq)
         return cpd_beam_search(lambda codes: self.denoise(codes, memory_kv, memory_mask), len(item_seq),
                                self.n_slots, beam_size, item_seq.device, self.greedy_last_step, self.slot_order)
-
-    @torch.no_grad()
-    def generate(self, item_seq: torch.Tensor, top_k: int, dedup: str | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per user, the ``top_k`` best SIDs ``[k, n]`` that some item has, and their scores ``[k]``: the
-        generative recommendation list, with ``dedup`` ``simple`` / ``weighted`` / ``none`` (default: the
-        config's ``dedup_strategy``); fewer than ``top_k`` when the beam reached fewer."""
-        codes, scores, _ = self.decode(item_seq, self.beam_size)
-        catalogue = self.item_sid[1:]
-        _, group = torch.cat([catalogue, codes.flatten(0, 1)]).unique(dim=0, return_inverse=True)
-        legal = torch.isin(group[len(catalogue):], group[: len(catalogue)]).view(codes.shape[:2])
-        return [tuple(part[:top_k] for part in rank_sids(c, s, ok, dedup or self.dedup_strategy))
-                for c, s, ok in zip(codes, scores, legal)]
-
-    def full_sort_predict(self, interaction) -> torch.Tensor:
-        """Scores ``[B, n_items]``: items whose SID the beam reached first, by beam score; then every other
-        item by the sum of its digits' log-probabilities in the all-masked step. A SID reached by several
-        beams (different fill orders) scores its best beam (``dedup_strategy: simple``) or the log of their
-        summed probabilities (``weighted``). Items sharing a SID are
-        ordered by training popularity. With ``eval_level: sid`` only each SID's representative item is
-        scored (the paper's SID-level protocol)."""
-        codes, scores, first_log_probs = self.decode(interaction[self.ITEM_SEQ], self.beam_size)
-        batch, beams, n = codes.shape
-        # One group id per distinct SID among the catalogue and the decoded beams.
-        _, group = torch.cat([self.item_sid, codes.flatten(0, 1)]).unique(dim=0, return_inverse=True)
-        item_group, beam_group = group[: self.n_items], group[self.n_items:].view(batch, beams)
-        best = torch.full((batch, int(group.max()) + 1), float("-inf"), device=codes.device)
-        best.scatter_reduce_(1, beam_group, scores, reduce="amax")
-        if self.dedup_strategy == "weighted":  # log of the summed probability of the beams that reached a SID
-            total = torch.zeros_like(best).scatter_add_(1, beam_group, (scores - best.gather(1, beam_group)).exp())
-            best = best + total.log()
-        reached = best[:, item_group]  # [B, n_items], -inf where the beam did not reach the item's SID
-        digits = first_log_probs[:, torch.arange(n, device=codes.device), self.item_sid.clamp(min=0)]  # [B, N, n]
-        fallback = digits.sum(-1)
-        # Shift the fallback scores below the lowest beam score (a constant offset would lose float32 precision).
-        hit = reached.isfinite()
-        lowest_hit = torch.where(hit, reached, float("inf")).amin(dim=1, keepdim=True)
-        shift = (fallback.amax(dim=1, keepdim=True) - lowest_hit + 1).clamp(min=0)  # 0 when nothing was reached
-        item_scores = torch.where(hit, reached, fallback - shift)
-        if self.eval_level == "sid":  # one entry per SID; GenerativeTrainer maps each target to its SID's entry
-            item_scores[:, self.sid_representative != torch.arange(self.n_items, device=codes.device)] = float("-inf")
-        else:
-            item_scores = item_scores + self.tie_break
-        item_scores[:, 0] = float("-inf")
-        return item_scores
-
-    def predict(self, interaction) -> torch.Tensor:
-        """The score ``full_sort_predict`` gives ``interaction[ITEM_ID]``."""
-        scores = self.full_sort_predict(interaction)
-        return scores.gather(1, interaction[self.ITEM_ID][:, None])[:, 0]
 

@@ -1,0 +1,126 @@
+"""``GenerativeRecommender``: the RecBole side of every model that generates semantic IDs.
+
+A subclass trains with ``calculate_loss`` and decodes with ``decode(item_seq, beam_size)``, which returns
+beams of SIDs with their scores and per-digit log-probabilities for the SIDs the beam did not reach. This
+class turns that into RecBole's contract: ``full_sort_predict`` scores every item (item-level metrics by
+default, the SID-level protocol with ``eval_level: sid``), and ``generate`` returns recommendation lists.
+
+Beware a leak: RecBole joins the target item's features into each evaluation row; scores here read only the
+history (``ITEM_SEQ``) and the model's own ``item_sid`` table, never an item feature from the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+from torch import nn
+
+from recbole_diffgm.data.dataset import SIDDataset
+from recbole_diffgm.errors import InputError
+from recbole_diffgm.model.decoding import rank_sids
+from recbole_diffgm.trainer import GenerativeTrainer
+
+
+def config_choice(config, key: str, options: tuple[str, ...]) -> str:
+    """``config[key]``, which must be one of ``options``."""
+    if config[key] not in options:
+        raise InputError(f"unknown {key} '{config[key]}'; choose one of {', '.join(options)}")
+    return config[key]
+
+
+class GenerativeRecommender(SequentialRecommender):
+    """Items as semantic IDs (``SIDDataset.item_sid``), decoded with a beam, scored for RecBole."""
+
+    input_type = InputType.POINTWISE
+    dataset_class = SIDDataset
+    trainer_class = GenerativeTrainer
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        item_sid = dataset.item_sid
+        self.n_slots = item_sid.shape[1]
+        self.n_codes = config["codebook_size"]
+        if item_sid[1:].max() >= self.n_codes:
+            raise InputError(f"a semantic-ID digit reaches {int(item_sid[1:].max())}, beyond codebook_size "
+                             f"{self.n_codes} (a disambiguation digit for a larger collision group?)")
+        self.beam_size = config["test_beam_size"]  # GenerativeTrainer validates with valid_beam_size
+        self.eval_level = config_choice(config, "eval_level", ("item", "sid"))
+        # "none" (duplicate SIDs kept in a list) exists only for generate(): a score per item cannot repeat one.
+        self.dedup_strategy = config_choice(config, "dedup_strategy", ("simple", "weighted"))
+        # Item ids as token ids: digit d, code c -> d * n_codes + c; the last row is the padding item.
+        offsets = torch.arange(self.n_slots) * self.n_codes
+        item_tokens = torch.where(item_sid >= 0, item_sid + offsets, self.n_slots * self.n_codes)
+        self.register_buffer("item_sid", item_sid, persistent=False)
+        self.register_buffer("item_tokens", item_tokens, persistent=False)
+        self.register_buffer("code_offsets", offsets, persistent=False)
+        # SID-level evaluation ranks one item per SID: the smallest item id of each SID stands for it.
+        _, sid_group = item_sid.unique(dim=0, return_inverse=True)
+        first_of_group = torch.full((int(sid_group.max()) + 1,), len(item_sid)).scatter_reduce(
+            0, sid_group, torch.arange(len(item_sid)), reduce="amin")
+        self.register_buffer("sid_representative", first_of_group[sid_group], persistent=False)
+        # Training popularity breaks ties between items that share a SID (sid_collision: keep).
+        popularity = torch.bincount(torch.as_tensor(dataset.inter_feat[self.ITEM_ID]), minlength=self.n_items)
+        self.register_buffer("tie_break", popularity.float() / (popularity.max() + 1) * 1e-4, persistent=False)
+
+    def decode(self, item_seq: torch.Tensor, beam_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(codes [B, G, n], scores [B, G], fallback_log_probs [B, n, K])``: beams sorted by score, and the
+        per-digit log-probabilities that score the SIDs no beam reached (sum over the digits)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    @torch.no_grad()
+    def generate(self, item_seq: torch.Tensor, top_k: int, dedup: str | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per user, the ``top_k`` best SIDs ``[k, n]`` that some item has, and their scores ``[k]``: the
+        generative recommendation list, with ``dedup`` ``simple`` / ``weighted`` / ``none`` (default: the
+        config's ``dedup_strategy``); fewer than ``top_k`` when the beam reached fewer."""
+        codes, scores, _ = self.decode(item_seq, self.beam_size)
+        catalogue = self.item_sid[1:]
+        _, group = torch.cat([catalogue, codes.flatten(0, 1)]).unique(dim=0, return_inverse=True)
+        legal = torch.isin(group[len(catalogue):], group[: len(catalogue)]).view(codes.shape[:2])
+        return [tuple(part[:top_k] for part in rank_sids(c, s, ok, dedup or self.dedup_strategy))
+                for c, s, ok in zip(codes, scores, legal)]
+
+    def full_sort_predict(self, interaction) -> torch.Tensor:
+        """Scores ``[B, n_items]``: items whose SID the beam reached first, by beam score; then every other
+        item by the sum of its digits' ``fallback_log_probs`` (DiffGM: the all-masked step). A SID reached by several
+        beams (different fill orders) scores its best beam (``dedup_strategy: simple``) or the log of their
+        summed probabilities (``weighted``). Items sharing a SID are
+        ordered by training popularity. With ``eval_level: sid`` only each SID's representative item is
+        scored (the paper's SID-level protocol)."""
+        codes, scores, fallback_log_probs = self.decode(interaction[self.ITEM_SEQ], self.beam_size)
+        batch, beams, n = codes.shape
+        # One group id per distinct SID among the catalogue and the decoded beams.
+        _, group = torch.cat([self.item_sid, codes.flatten(0, 1)]).unique(dim=0, return_inverse=True)
+        item_group, beam_group = group[: self.n_items], group[self.n_items:].view(batch, beams)
+        best = torch.full((batch, int(group.max()) + 1), float("-inf"), device=codes.device)
+        best.scatter_reduce_(1, beam_group, scores, reduce="amax")
+        if self.dedup_strategy == "weighted":  # log of the summed probability of the beams that reached a SID
+            total = torch.zeros_like(best).scatter_add_(1, beam_group, (scores - best.gather(1, beam_group)).exp())
+            best = best + total.log()
+        reached = best[:, item_group]  # [B, n_items], -inf where the beam did not reach the item's SID
+        digits = fallback_log_probs[:, torch.arange(n, device=codes.device), self.item_sid.clamp(min=0)]  # [B, N, n]
+        fallback = digits.sum(-1)
+        # Shift the fallback scores below the lowest beam score (a constant offset would lose float32 precision).
+        hit = reached.isfinite()
+        lowest_hit = torch.where(hit, reached, float("inf")).amin(dim=1, keepdim=True)
+        shift = (fallback.amax(dim=1, keepdim=True) - lowest_hit + 1).clamp(min=0)  # 0 when nothing was reached
+        item_scores = torch.where(hit, reached, fallback - shift)
+        if self.eval_level == "sid":  # one entry per SID; GenerativeTrainer maps each target to its SID's entry
+            item_scores[:, self.sid_representative != torch.arange(self.n_items, device=codes.device)] = float("-inf")
+        else:
+            item_scores = item_scores + self.tie_break
+        item_scores[:, 0] = float("-inf")
+        return item_scores
+
+    def predict(self, interaction) -> torch.Tensor:
+        """The score ``full_sort_predict`` gives ``interaction[ITEM_ID]``."""
+        scores = self.full_sort_predict(interaction)
+        return scores.gather(1, interaction[self.ITEM_ID][:, None])[:, 0]
+
