@@ -410,7 +410,7 @@ def test_the_packed_encoder_matches_a_padded_reference(tiny):
     assert mask.sum() < mask.numel()  # the batch has padding to skip
     for block, (keys, values) in zip(model.decoder, memory_kv):
         reference_k, reference_v = (block.attn._heads(part) for part in
-                                    torch.nn.functional.linear(memory, block.attn.qkv.weight[model.ln_f.normalized_shape[0]:]).chunk(2, -1))
+                                    torch.nn.functional.linear(memory, block.attn.qkv.weight[block.attn.d_attn:]).chunk(2, -1))
         assert torch.allclose(keys, reference_k, atol=1e-5) and torch.allclose(values, reference_v, atol=1e-5)
 
 

@@ -6,7 +6,8 @@ Reference:
 
 Each item is a semantic ID of ``n_digit`` parallel digits (``SIDDataset``, PSE). An encoder reads the
 history, one vector per item built from its digits; a masked-diffusion decoder predicts the next item's
-digits in any order, its slots attending to each other both ways and to the history.
+digits in any order, its slots attending to each other both ways and to the history (``SIDTransformer``):
+a hidden slot enters the decoder as its digit's mask embedding.
 
 - Training, On-policy Coherent Noising (OCN): a no-grad all-masked pass ranks the target's slots by the
   model's confidence; view ``t`` masks the ``t`` least confident slots and shows the others, so the views
@@ -23,11 +24,11 @@ from torch.nn import functional as F
 
 from recbole_diffgm.errors import InputError
 from recbole_diffgm.model.decoding import MASK, cpd_beam_search
-from recbole_diffgm.model.generative import GenerativeRecommender, config_choice
-from recbole_diffgm.model.layers import DecoderBlock, EncoderBlock
+from recbole_diffgm.model.generative import config_choice
+from recbole_diffgm.model.sid_transformer import MemoryKV, SIDTransformer
 
 
-class DiffGM(GenerativeRecommender):
+class DiffGM(SIDTransformer):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.masking_strategy = config_choice(config, "masking_strategy", ("guided", "sequential", "random"))
@@ -41,51 +42,21 @@ class DiffGM(GenerativeRecommender):
         if not 0 < self.mask_prob <= 1:
             raise InputError(f"mask_prob must be in (0, 1], got {self.mask_prob!r}")
         self.loss_reduction = config_choice(config, "loss_reduction", ("view_mean", "token_mean"))
-        self.label_smoothing = config["label_smoothing"]
         self.greedy_last_step = config_choice(config, "cpd_last_step", ("beam", "greedy")) == "greedy"
         slot_order = None
         if config_choice(config, "decode_order", ("confidence", "random")) == "random":
             slot_order = torch.randperm(self.n_slots, generator=torch.Generator().manual_seed(config["seed"]))
         self.register_buffer("slot_order", slot_order, persistent=False)
 
-        d_model, n_heads, d_inner, dropout = (config["n_embd"], config["n_head"], config["n_inner"], config["dropout"])
-        self.token_embedding = nn.Embedding(self.n_slots * self.n_codes + 1, d_model)
-        self.item_mlp = nn.Sequential(nn.Linear(self.n_slots * d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
-        self.position_embedding = nn.Embedding(self.max_seq_length, d_model)
-        self.mask_embedding = nn.Parameter(torch.zeros(self.n_slots, d_model))
-        self.dropout = nn.Dropout(dropout)
-        self.encoder = nn.ModuleList(EncoderBlock(d_model, n_heads, d_inner, dropout) for _ in range(config["encoder_n_layer"]))
-        self.decoder = nn.ModuleList(DecoderBlock(d_model, n_heads, d_inner, dropout) for _ in range(config["decoder_n_layer"]))
-        self.ln_f = nn.LayerNorm(d_model)
+        self.mask_embedding = nn.Parameter(torch.zeros(self.n_slots, config["n_embd"]))  # one per digit slot
         self.apply(self._init_weights)
         nn.init.normal_(self.mask_embedding, std=0.02)
 
-    # ----- the network -----------------------------------------------------------------------------------
-
-    def encode(self, item_seq: torch.Tensor) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-        """History ``[B, L]`` (right-padded with 0) -> per decoder block memory keys/values, and the key mask.
-
-        The encoder runs on the real items only (packed), so its cost follows the histories' lengths."""
-        mask = item_seq > 0
-        items = self.item_mlp(self.token_embedding(self.item_tokens[item_seq[mask]]).flatten(1))  # [T, D]
-        positions = torch.arange(item_seq.shape[1], device=item_seq.device).expand_as(item_seq)[mask]
-        hidden = self.dropout(items + self.position_embedding(positions))
-        for block in self.encoder:
-            hidden = block(hidden, mask)
-        memory = self.ln_f(hidden)
-        return [block.attn.memory_kv(memory, mask) for block in self.decoder], mask
-
-    def denoise(self, codes: torch.Tensor, memory_kv, memory_mask: torch.Tensor) -> torch.Tensor:
+    def denoise(self, codes: torch.Tensor, memory_kv: MemoryKV, memory_mask: torch.Tensor) -> torch.Tensor:
         """Codes ``[B, G, n]`` (``MASK`` where hidden) -> log-probabilities ``[B, G, n, K]`` for every slot."""
         visible = codes != MASK
         tokens = self.token_embedding(torch.where(visible, codes + self.code_offsets, 0))
-        hidden = self.dropout(torch.where(visible[..., None], tokens, self.mask_embedding))
-        for block, kv in zip(self.decoder, memory_kv):
-            hidden = block(hidden, kv, memory_mask)
-        hidden = self.ln_f(hidden)
-        code_table = self.token_embedding.weight[: self.n_slots * self.n_codes].view(self.n_slots, self.n_codes, -1)
-        logits = torch.einsum("bgsd,skd->bgsk", hidden, code_table)  # weight-tied output per digit
-        return logits.log_softmax(dim=-1)
+        return self.decode_slots(torch.where(visible[..., None], tokens, self.mask_embedding), memory_kv, memory_mask)
 
     # ----- training: OCN ---------------------------------------------------------------------------------
 

@@ -19,12 +19,16 @@ from torch.nn import functional as F
 
 
 class Attention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
+    """Multi-head attention; ``head_dim`` defaults to ``d_model / n_heads`` (T5 and TIGER set it apart)."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float, head_dim: int | None = None):
         super().__init__()
-        assert d_model % n_heads == 0, f"d_model {d_model} is not divisible by n_heads {n_heads}"
-        self.n_heads = n_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.proj = nn.Linear(d_model, d_model)
+        if head_dim is None:
+            assert d_model % n_heads == 0, f"d_model {d_model} is not divisible by n_heads {n_heads}"
+            head_dim = d_model // n_heads
+        self.n_heads, self.d_attn = n_heads, n_heads * head_dim
+        self.qkv = nn.Linear(d_model, 3 * self.d_attn, bias=False)
+        self.proj = nn.Linear(self.d_attn, d_model)
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
 
@@ -34,14 +38,12 @@ class Attention(nn.Module):
     def memory_kv(self, memory: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values for cross-attention, ``[B, H, S, D/H]`` each, of the packed ``memory`` ``[T, D]``
         laid out by ``mask`` ``[B, S]``; padding keys and values are 0."""
-        d_model = memory.shape[-1]
-        k, v = unpack(F.linear(memory, self.qkv.weight[d_model:]), mask).split(d_model, dim=-1)
+        k, v = unpack(F.linear(memory, self.qkv.weight[self.d_attn:]), mask).split(self.d_attn, dim=-1)
         return self._heads(k), self._heads(v)
 
     def packed_self_attention(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Bidirectional self-attention of the packed tokens ``x`` ``[T, D]`` laid out by ``mask`` ``[B, L]``."""
-        d_model = x.shape[-1]
-        q, k, v = (self._heads(part) for part in unpack(self.qkv(x), mask).split(d_model, dim=-1))
+        q, k, v = (self._heads(part) for part in unpack(self.qkv(x), mask).split(self.d_attn, dim=-1))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :],
                                              dropout_p=self.dropout if self.training else 0.0)
         return self.resid_dropout(self.proj(out.transpose(1, 2)[mask].flatten(1)))
@@ -52,11 +54,10 @@ class Attention(nn.Module):
 
         ``key_mask`` ``[B, S]`` is True where a key may be attended to.
         """
-        d_model = x.shape[-1]
         if memory_kv is None:
-            q, k, v = (self._heads(part) for part in self.qkv(x).split(d_model, dim=-1))
+            q, k, v = (self._heads(part) for part in self.qkv(x).split(self.d_attn, dim=-1))
         else:
-            q, (k, v) = self._heads(F.linear(x, self.qkv.weight[:d_model])), memory_kv
+            q, (k, v) = self._heads(F.linear(x, self.qkv.weight[: self.d_attn])), memory_kv
         mask = None if key_mask is None else key_mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                              dropout_p=self.dropout if self.training else 0.0)
@@ -78,10 +79,10 @@ class FeedForward(nn.Sequential):
 class EncoderBlock(nn.Module):
     """Bidirectional self-attention block over packed sequences: ``x`` ``[T, D]`` laid out by ``mask`` ``[B, L]``."""
 
-    def __init__(self, d_model: int, n_heads: int, d_inner: int, dropout: float):
+    def __init__(self, d_model: int, n_heads: int, d_inner: int, dropout: float, head_dim: int | None = None):
         super().__init__()
         self.ln_attn = nn.LayerNorm(d_model)
-        self.attn = Attention(d_model, n_heads, dropout)
+        self.attn = Attention(d_model, n_heads, dropout, head_dim)
         self.ln_ffn = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, d_inner, dropout)
 
@@ -94,11 +95,11 @@ class DecoderBlock(nn.Module):
     """Self-attention within each group of decoder slots (bidirectional, or causal), cross-attention of all
     of a user's groups to that user's memory, FFN. ``x`` is ``[B, G, n, D]``: G groups of n slots per user."""
 
-    def __init__(self, d_model: int, n_heads: int, d_inner: int, dropout: float):
+    def __init__(self, d_model: int, n_heads: int, d_inner: int, dropout: float, head_dim: int | None = None):
         super().__init__()
         self.ln_self = nn.LayerNorm(d_model)
         self.ln_cross = nn.LayerNorm(d_model)
-        self.attn = Attention(d_model, n_heads, dropout)
+        self.attn = Attention(d_model, n_heads, dropout, head_dim)
         self.ln_ffn = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, d_inner, dropout)
 

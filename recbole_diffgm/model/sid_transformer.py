@@ -1,0 +1,67 @@
+"""``SIDTransformer``: the encoder-decoder network that DiffGM and its autoregressive control share.
+
+A history item is the MLP of its digits' embeddings, plus its position; a bidirectional encoder reads the
+items (packed: padding costs nothing); decoder blocks over the target's digit slots attend to each other
+and, with a padding mask, to the history. Slot ``s`` is scored against digit ``s``'s code embeddings, the
+same table that embeds the digits (weight tying), and one final LayerNorm serves encoder and decoder (the
+released DiffGRM code).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recbole_diffgm.model.generative import GenerativeRecommender
+from recbole_diffgm.model.layers import DecoderBlock, EncoderBlock
+
+MemoryKV = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder block: the history's keys and values
+
+
+class SIDTransformer(GenerativeRecommender):
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        d_model, n_heads, d_inner, dropout = config["n_embd"], config["n_head"], config["n_inner"], config["dropout"]
+        head_dim = config["head_dim"]
+        self.label_smoothing = config["label_smoothing"]
+        self.token_embedding = nn.Embedding(self.n_slots * self.n_codes + 1, d_model)  # + the padding item's
+        self.dropout = nn.Dropout(dropout)
+        self.init_history_embedding(config)
+        self.encoder = nn.ModuleList(EncoderBlock(d_model, n_heads, d_inner, dropout, head_dim)
+                                     for _ in range(config["encoder_n_layer"]))
+        self.decoder = nn.ModuleList(DecoderBlock(d_model, n_heads, d_inner, dropout, head_dim)
+                                     for _ in range(config["decoder_n_layer"]))
+        self.ln_f = nn.LayerNorm(d_model)
+
+    def init_history_embedding(self, config) -> None:
+        d_model = config["n_embd"]
+        self.item_mlp = nn.Sequential(nn.Linear(self.n_slots * d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+        self.position_embedding = nn.Embedding(self.max_seq_length, d_model)
+
+    def embed_history(self, item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """History ``[B, L]`` (right-padded with 0) -> packed item vectors ``[T, D]`` and their mask ``[B, L]``."""
+        mask = item_seq > 0
+        items = self.item_mlp(self.token_embedding(self.item_tokens[item_seq[mask]]).flatten(1))
+        positions = torch.arange(item_seq.shape[1], device=item_seq.device).expand_as(item_seq)[mask]
+        return items + self.position_embedding(positions), mask
+
+    def encode(self, item_seq: torch.Tensor) -> tuple[MemoryKV, torch.Tensor]:
+        """History ``[B, L]`` -> each decoder block's memory keys/values, computed once per user, and the key mask."""
+        hidden, mask = self.embed_history(item_seq)
+        hidden = self.dropout(hidden)
+        for block in self.encoder:
+            hidden = block(hidden, mask)
+        memory = self.ln_f(hidden)
+        return [block.attn.memory_kv(memory, mask) for block in self.decoder], mask
+
+    def decode_slots(self, hidden: torch.Tensor, memory_kv: MemoryKV, memory_mask: torch.Tensor,
+                     causal: bool = False) -> torch.Tensor:
+        """Decoder inputs ``[B, G, s, D]`` for slots ``0..s-1`` -> log-probabilities ``[B, G, s, K]`` of each
+        slot's digit."""
+        hidden = self.dropout(hidden)
+        for block, kv in zip(self.decoder, memory_kv):
+            hidden = block(hidden, kv, memory_mask, causal)
+        hidden = self.ln_f(hidden)
+        slots = hidden.shape[-2]
+        code_table = self.token_embedding.weight[: slots * self.n_codes].view(slots, self.n_codes, -1)
+        return torch.einsum("bgsd,skd->bgsk", hidden, code_table).log_softmax(dim=-1)
