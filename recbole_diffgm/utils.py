@@ -32,7 +32,11 @@ _RECBOLE_MODEL_PACKAGES = (
 
 
 # This plugin's models: name -> module (imported on first use).
-PLUGIN_MODELS = {"DiffGM": "recbole_diffgm.model.diffgm"}
+PLUGIN_MODELS = {
+    "DiffGM": "recbole_diffgm.model.diffgm",
+    "ARGM": "recbole_diffgm.model.argm",
+    "TIGER": "recbole_diffgm.model.tiger",
+}
 
 
 def available_models() -> list[str]:

@@ -82,3 +82,66 @@ def rank_sids(codes: torch.Tensor, scores: torch.Tensor, legal: torch.Tensor, de
         merged = merged + scores.new_zeros(len(unique)).index_add_(0, group, (scores - merged[group]).exp()).log()
     merged, order = merged.sort(descending=True)
     return unique[order], merged
+
+
+class PrefixTrie:
+    """The SID prefixes of a catalogue, for decoding constrained to SIDs that some item has.
+
+    A prefix of ``t`` digits is a node id at depth ``t``; node ``p``'s child by code ``c`` exists when the key
+    ``p * K + c`` is among the sorted keys of depth ``t + 1``, and its node id is that key's index there. Keys
+    stay below ``n_items * K`` at every depth, so SIDs of any length fit in int64.
+    """
+
+    def __init__(self, sids: torch.Tensor, n_codes: int):
+        self.n_codes = n_codes
+        self.keys = []
+        node = torch.zeros(len(sids), dtype=torch.long, device=sids.device)
+        for digit in sids.T:
+            key = node * n_codes + digit
+            self.keys.append(key.unique())  # sorted
+            node = torch.searchsorted(self.keys[-1], key)
+
+    def children(self, depth: int, node: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For prefixes ``node`` (any shape) of ``depth`` digits: which of the K next codes extend them to a
+        catalogue prefix ``[..., K]``, and the child node ids (meaningless where not allowed)."""
+        if self.keys[depth].device != node.device:  # the model moved to another device after it was built
+            self.keys = [keys.to(node.device) for keys in self.keys]
+        keys = self.keys[depth]
+        wanted = node[..., None] * self.n_codes + torch.arange(self.n_codes, device=node.device)
+        child = torch.searchsorted(keys, wanted).clamp(max=len(keys) - 1)
+        return keys[child] == wanted, child
+
+
+def autoregressive_beam_search(next_log_probs: Callable[[torch.Tensor], torch.Tensor], batch_size: int, n_slots: int,
+                               beam_size: int, device: torch.device | str = "cpu", trie: PrefixTrie | None = None
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-to-right beam search over SID digits, optionally constrained to the prefixes in ``trie``.
+
+    Args:
+        next_log_probs: prefixes ``[B, G, t]`` -> log-probabilities ``[B, G, K]`` of digit ``t``.
+
+    Returns:
+        ``(codes [B, beam, n], scores [B, beam], fallback_log_probs [B, n, K])`` as ``cpd_beam_search``: the
+        fallback holds digit 0's log-probabilities and zeros, so SIDs the beam missed rank by their first
+        digit. A beam with no allowed continuation scores ``-inf``.
+    """
+    codes = torch.zeros(batch_size, 1, 0, dtype=torch.long, device=device)
+    scores = torch.zeros(batch_size, 1, device=device)
+    node = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+    fallback = None
+    for step in range(n_slots):
+        log_probs = next_log_probs(codes)  # [B, G, K]
+        if fallback is None:
+            fallback = torch.zeros(batch_size, n_slots, log_probs.shape[-1], device=device)
+            fallback[:, 0] = log_probs[:, 0]
+        candidates = scores[..., None] + log_probs
+        if trie is not None:
+            allowed, child = trie.children(step, node)
+            candidates = candidates.masked_fill(~allowed, float("-inf"))
+        n_codes = log_probs.shape[-1]
+        scores, flat = candidates.flatten(1).topk(min(beam_size, candidates[0].numel()), dim=1)
+        beam, code = flat // n_codes, flat % n_codes
+        codes = torch.cat([codes.gather(1, beam[..., None].expand(-1, -1, step)), code[..., None]], dim=2)
+        if trie is not None:
+            node = child.flatten(1).gather(1, flat)
+    return codes, scores, fallback

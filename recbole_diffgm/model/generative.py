@@ -40,10 +40,8 @@ class GenerativeRecommender(SequentialRecommender):
         super().__init__(config, dataset)
         item_sid = dataset.item_sid
         self.n_slots = item_sid.shape[1]
-        self.n_codes = config["codebook_size"]
-        if item_sid[1:].max() >= self.n_codes:
-            raise InputError(f"a semantic-ID digit reaches {int(item_sid[1:].max())}, beyond codebook_size "
-                             f"{self.n_codes} (a disambiguation digit for a larger collision group?)")
+        # Codes per digit; a disambiguation digit (sid_collision: disambiguate) may need more than codebook_size.
+        self.n_codes = max(config["codebook_size"], int(item_sid.max()) + 1)
         self.beam_size = config["test_beam_size"]  # GenerativeTrainer validates with valid_beam_size
         self.eval_level = config_choice(config, "eval_level", ("item", "sid"))
         # "none" (duplicate SIDs kept in a list) exists only for generate(): a score per item cannot repeat one.

@@ -1,0 +1,107 @@
+"""ARGM and TIGER: left-to-right beam search (constrained by a trie or not), teacher forcing, item scores."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from recbole.data import data_preparation
+from test_diffgm import tiny_config  # noqa: F401  (fixture)
+from test_sid import NAME
+
+from recbole_diffgm import Config, create_dataset, get_model
+from recbole_diffgm.model.decoding import PrefixTrie, autoregressive_beam_search
+
+
+def toy_next_log_probs(n_slots: int, n_codes: int):
+    """A left-to-right model over ``n_slots`` digits whose next-digit distribution depends on the prefix."""
+    generator = torch.Generator().manual_seed(0)
+    tables = {prefix: torch.randn(n_codes, generator=generator).log_softmax(-1)
+              for t in range(n_slots) for prefix in itertools.product(range(n_codes), repeat=t)}
+
+    def next_log_probs(prefixes):
+        return torch.stack([torch.stack([tables[tuple(p.tolist())] for p in user]) for user in prefixes])
+
+    def score(sid):
+        return sum(tables[tuple(sid[:t])][sid[t]].item() for t in range(n_slots))
+
+    return next_log_probs, score
+
+
+def test_a_covering_beam_equals_brute_force():
+    next_log_probs, score = toy_next_log_probs(3, 3)
+    expected = sorted(((score(sid), sid) for sid in itertools.product(range(3), repeat=3)), reverse=True)
+    codes, scores, fallback = autoregressive_beam_search(next_log_probs, 1, 3, beam_size=27)
+    assert [tuple(c) for c in codes[0].tolist()] == [sid for _, sid in expected]
+    torch.testing.assert_close(scores[0], torch.tensor([s for s, _ in expected]))
+    torch.testing.assert_close(fallback[0, 0], next_log_probs(torch.zeros(1, 1, 0, dtype=torch.long))[0, 0])
+
+
+def test_the_constrained_beam_emits_only_catalogue_sids_and_finds_their_best():
+    next_log_probs, score = toy_next_log_probs(3, 4)
+    catalogue = torch.tensor([[0, 1, 2], [0, 1, 3], [2, 0, 0], [3, 3, 1], [1, 2, 0]])
+    codes, scores, _ = autoregressive_beam_search(next_log_probs, 1, 3, beam_size=8, trie=PrefixTrie(catalogue, 4))
+    valid = scores[0].isfinite()
+    assert valid.sum() == len(catalogue)  # every catalogue SID, and nothing else, scores finitely
+    assert {tuple(c) for c in codes[0][valid].tolist()} == {tuple(c) for c in catalogue.tolist()}
+    best = sorted(catalogue.tolist(), key=score, reverse=True)
+    assert [list(c) for c in codes[0][valid].tolist()] == best
+
+
+def test_the_trie_knows_exactly_the_catalogue_prefixes():
+    catalogue = torch.tensor([[0, 1, 2], [0, 1, 3], [2, 0, 0]])
+    trie = PrefixTrie(catalogue, 4)
+    allowed, child = trie.children(0, torch.tensor([0]))
+    assert allowed[0].tolist() == [True, False, True, False]
+    allowed, _ = trie.children(1, child[0, :1])  # below digit 0 = 0: only 1
+    assert allowed[0].tolist() == [False, True, False, False]
+
+
+@pytest.fixture(params=["ARGM", "TIGER"])
+def autoregressive(request, tiny_config):  # noqa: F811
+    overrides = {"sid_quantizer": "rq_kmeans", "n_digit": 2} if request.param == "TIGER" else {}
+    config = Config(request.param, NAME, config_dict={**tiny_config, **overrides, "head_dim": None, "n_head": 2,
+                                                       "encoder_n_layer": 1})
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    torch.manual_seed(0)
+    return get_model(request.param)(config, train._dataset), next(iter(train)), next(iter(valid))[0]
+
+
+def test_teacher_forcing_lowers_the_loss(autoregressive):
+    model, batch, _ = autoregressive
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(20):
+        loss = model.calculate_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1
+
+
+def test_the_decoder_is_causal(autoregressive):
+    model, batch, _ = autoregressive
+    model.eval()
+    memory_kv, mask = model.encode(batch[model.ITEM_SEQ][:4])
+    prefix = model.item_sid[batch[model.POS_ITEM_ID][:4]][:, None, :-1]  # teacher forcing: all but the last digit
+    changed = prefix.clone()
+    changed[..., -1] = (changed[..., -1] + 1) % model.n_codes
+    first = model.decode_slots(model.decoder_inputs(prefix), memory_kv, mask, causal=True)
+    second = model.decode_slots(model.decoder_inputs(changed), memory_kv, mask, causal=True)
+    torch.testing.assert_close(first[..., :-1, :], second[..., :-1, :])  # earlier digits never see later ones
+    assert not torch.allclose(first[..., -1, :], second[..., -1, :])
+
+
+def test_every_item_is_scored_and_tiger_beams_are_catalogue_items(autoregressive):
+    model, _, interaction = autoregressive
+    model.eval()
+    with torch.no_grad():
+        scores = model.full_sort_predict(interaction)
+        codes, beam_scores, _ = model.decode(interaction[model.ITEM_SEQ], 16)
+    assert scores.shape == (len(interaction), model.n_items) and scores[:, 1:].isfinite().all()
+    if model.trie is not None:  # TIGER: one item per SID, and the beam only reaches catalogue SIDs
+        assert len(model.item_sid[1:].unique(dim=0)) == model.n_items - 1
+        catalogue = {tuple(sid) for sid in model.item_sid[1:].tolist()}
+        assert all(tuple(c) in catalogue for c in codes[beam_scores.isfinite()].tolist())
