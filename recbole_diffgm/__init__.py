@@ -5,6 +5,7 @@ from recbole_diffgm.config import Config
 from recbole_diffgm.errors import InputError
 from recbole_diffgm.quick_start import (
     build_item_sids,
+    evaluate_saved_model,
     load_data_and_model,
     run_recbole_diffgm,
 )
@@ -15,6 +16,7 @@ __all__ = [
     "InputError",
     "build_item_sids",
     "create_dataset",
+    "evaluate_saved_model",
     "get_model",
     "get_trainer",
     "load_data_and_model",

@@ -19,11 +19,15 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
         description="Train and test one model on one dataset with RecBole and recbole-diffgm.",
         epilog="Any other --key=value overrides that RecBole config key, e.g. --epochs=10 --learning_rate=0.001.",
     )
-    parser.add_argument("--model", "-m", default="SASRec", help="model name (default: %(default)s)")
+    parser.add_argument("--model", "-m", default="SASRec",
+                        help="model name (default: %(default)s); several, comma-separated, run the benchmark")
     parser.add_argument("--dataset", "-d", default="amazon-beauty", help="dataset name (default: %(default)s)")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files, applied in order")
     parser.add_argument("--build_sids", action="store_true",
                         help="only build (or load) the semantic IDs of --dataset and report them; no training")
+    benchmark = parser.add_argument_group("benchmark (--model=A,B,...)")
+    benchmark.add_argument("--seeds", default=None, help="comma-separated seeds; the table shows mean ± std")
+    benchmark.add_argument("--results_dir", default="results", help="where the tables go (default: %(default)s)")
     distributed = parser.add_argument_group("distributed training (RecBole's DDP)")
     distributed.add_argument("--nproc", type=int, default=1, help="processes on this machine (default: %(default)s)")
     distributed.add_argument("--world_size", type=int, default=-1, help="processes in all (default: nproc)")
@@ -50,7 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         # Imported here so that --help and argument errors answer without loading torch and RecBole.
         from recbole_diffgm.quick_start import build_item_sids, run_recbole_diffgm
 
-        if args.build_sids:
+        models = [name for name in args.model.split(",") if name]
+        if len(models) > 1 or args.seeds:
+            from recbole_diffgm.benchmark import run_benchmark
+
+            seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [None]
+            run_benchmark(models, args.dataset, config_files, overrides, seeds, args.results_dir)
+        elif args.build_sids:
             build_item_sids(args.model, args.dataset, config_files, overrides)
         else:
             run_recbole_diffgm(args.model, args.dataset, config_files, overrides, nproc=args.nproc,

@@ -46,7 +46,9 @@ def run_recbole_diffgm(model=None, dataset=None, config_file_list=None, config_d
 
     Returns:
         dict: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``,
-        ``train_seconds`` and ``model_file`` (``None`` when not saved); with several processes, rank 0's.
+        ``train_seconds``, ``test_seconds`` (loading the best checkpoint and scoring every test user),
+        ``test_users``, ``parameters``, ``device`` and ``model_file`` (``None`` when not saved); with several
+        processes, rank 0's.
     """
     if nproc == 1 and world_size <= 0:
         return _run(model, dataset, config_file_list, config_dict, saved)
@@ -92,7 +94,9 @@ def _run(model, dataset, config_file_list, config_dict, saved):
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
     train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    test_seconds = time.perf_counter() - start
 
     logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
@@ -103,6 +107,10 @@ def _run(model, dataset, config_file_list, config_dict, saved):
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "train_seconds": train_seconds,
+        "test_seconds": test_seconds,
+        "test_users": test_data.sample_size,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "device": str(config["device"]),
         "model_file": trainer.saved_model_file if saved else None,
     }
 
@@ -130,15 +138,18 @@ def build_item_sids(model=None, dataset=None, config_file_list=None, config_dict
     return dataset
 
 
-def load_data_and_model(model_file):
+def load_data_and_model(model_file, config_overrides=None):
     """Load a saved run: its config, model (with the saved weights), dataset and dataloaders, in this
     single process (a run trained with DDP loads as one process, on CUDA when there is a GPU).
+    ``config_overrides`` change evaluation settings before the model is built (e.g. ``eval_level: sid``).
 
     Returns:
         tuple: ``(config, model, dataset, train_data, valid_data, test_data)``, as RecBole's.
     """
     checkpoint = load_checkpoint(model_file)
     config = checkpoint["config"]
+    for key, value in (config_overrides or {}).items():
+        config[key] = value
     if not config["single_spec"]:
         config["single_spec"], config["local_rank"] = True, 0
         config["device"] = torch.device("cuda" if torch.cuda.is_available() and config["use_gpu"] else "cpu")
@@ -153,3 +164,12 @@ def load_data_and_model(model_file):
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
     return config, model, dataset, train_data, valid_data, test_data
+
+
+def evaluate_saved_model(model_file, config_overrides=None, split="test"):
+    """Evaluate a saved run again on ``split`` (``test`` or ``valid``), e.g. with ``eval_level: sid`` or
+    another ``test_beam_size`` in ``config_overrides``. Returns the metrics, as ``trainer.evaluate``."""
+    config, model, _, _, valid_data, test_data = load_data_and_model(model_file, config_overrides)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    data = {"test": test_data, "valid": valid_data}[split]
+    return trainer.evaluate(data, load_best_model=False, show_progress=config["show_progress"])
