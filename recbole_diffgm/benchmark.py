@@ -24,9 +24,10 @@ QUALITY = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 
 
 def run_benchmark(models: list[str], dataset: str, config_file_list=None, config_dict=None, seeds=(None,),
-                  results_dir: str = "results") -> list[dict]:
-    """Train and test every model with every seed; write ``<results_dir>/<dataset>.md``, ``.csv``, ``.png``
-    and ``<results_dir>/<dataset>-configs/``. Returns one row per model (the mean over seeds)."""
+                  results_dir: str = "results", command: str | None = None) -> list[dict]:
+    """Train and test every model with every seed; write ``<results_dir>/<dataset>.md`` (``command`` at its
+    top), ``.csv``, ``.png`` and ``<results_dir>/<dataset>-configs/``. Returns one row per model (the mean
+    over seeds)."""
     logger = getLogger()
     out = Path(results_dir)
     (out / f"{dataset}-configs").mkdir(parents=True, exist_ok=True)
@@ -47,7 +48,7 @@ def run_benchmark(models: list[str], dataset: str, config_file_list=None, config
                 (out / f"{dataset}-configs" / name).write_text(yaml.safe_dump(run.pop("config"), sort_keys=True))
             runs.append(run)
         rows.append(_summarise(model, seeds, runs))
-    _write_tables(rows, dataset, out)
+    _write_tables(rows, dataset, out, command)
     _plot(rows, dataset, out)
     return rows
 
@@ -64,6 +65,7 @@ def _run_one(model, dataset, config_file_list, config_dict, results) -> None:
         result = run_recbole_diffgm(model, dataset, config_file_list, config_dict)
         if result["model_file"] and issubclass(_model_class(model), GenerativeRecommender):
             result["sid_test_result"] = evaluate_saved_model(result["model_file"], {"eval_level": "sid"})
+        result["device"] = device_description(result["device"])
         result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if torch.cuda.is_available():
             result["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -72,6 +74,20 @@ def _run_one(model, dataset, config_file_list, config_dict, results) -> None:
     except BaseException as error:  # noqa: BLE001  (any failure becomes the row's error)
         getLogger().error(traceback.format_exc())
         results.put({"error": f"{type(error).__name__}: {error}".splitlines()[0][:300]})
+
+
+def device_description(device: str) -> str:
+    """The GPU's name, or the CPU's model and the threads torch uses."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        model = names[0] if names else model
+    return f"{model}, {torch.get_num_threads()} threads"
 
 
 def _model_class(model: str):
@@ -106,7 +122,7 @@ def _summarise(model: str, seeds, runs: list[dict]) -> dict:
             row[field] = statistics.mean(values)
     if done:
         row["inference_ms_per_user"] = statistics.mean(1000 * run["test_seconds"] / run["test_users"] for run in done)
-        row["device"] = done[0]["device"] if done[0]["device"] != "cpu" else f"cpu ({platform.processor() or platform.machine()})"
+        row["device"] = done[0]["device"]
     return row
 
 
@@ -117,7 +133,7 @@ def _cell(row: dict, metric: str) -> str:
     return f"{row[metric]:.4f}" + (f" ± {std:.4f}" if row["seeds"] > 1 else "")
 
 
-def _write_tables(rows: list[dict], dataset: str, out: Path) -> None:
+def _write_tables(rows: list[dict], dataset: str, out: Path, command: str | None) -> None:
     columns = [*QUALITY, *(f"sid_{m}" for m in QUALITY)]
     header = ["model", *columns, "train s", "inference ms/user", "parameters", "peak RAM MB", "peak GPU MB",
               "device", "seeds", "config", "error"]
@@ -138,6 +154,7 @@ def _write_tables(rows: list[dict], dataset: str, out: Path) -> None:
             lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
     (out / f"{dataset}.md").write_text(
         f"# {dataset}: test metrics of the checkpoint selected on validation\n\n"
+        + (f"```bash\n{command}\n```\n\n" if command else "") +
         "Item-level metrics (R@k, N@k) rank every item; `sid_` columns are SID-level (the DiffGRM paper's "
         "protocol: generating the target's semantic ID is a hit), for the generative models only. "
         "Mean ± standard deviation over seeds. Inference: loading the best checkpoint and scoring every "

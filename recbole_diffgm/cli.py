@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             from recbole_diffgm.benchmark import run_benchmark
 
             seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [None]
-            run_benchmark(models, args.dataset, config_files, overrides, seeds, args.results_dir)
+            command = " ".join(["python run_recbole_diffgm.py", *(sys.argv[1:] if argv is None else argv)])
+            run_benchmark(models, args.dataset, config_files, overrides, seeds, args.results_dir, command)
         elif args.build_sids:
             build_item_sids(args.model, args.dataset, config_files, overrides)
         else:
