@@ -30,7 +30,8 @@ def dataset_summary(dataset) -> str:
 
 
 def run_recbole_diffgm(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True,
-                       nproc=1, world_size=-1, ip="localhost", port="5678", group_offset=0):
+                       nproc=1, world_size=-1, ip="localhost", port="5678", group_offset=0, callback_fn=None,
+                       test=True):
     """Train ``model`` on ``dataset`` and evaluate it on the test split.
 
     Args:
@@ -43,6 +44,8 @@ def run_recbole_diffgm(model=None, dataset=None, config_file_list=None, config_d
         nproc, world_size, ip, port, group_offset: RecBole's distributed data parallel run: ``nproc``
             processes on this machine (one per GPU; Gloo on the CPU when there is none), ``world_size``
             processes in all, rank 0 reachable at ``ip:port``, this machine's first rank ``group_offset``.
+        callback_fn (callable): ``callback_fn(epoch, valid_score)`` after every validation (RecBole's).
+        test (bool): evaluate the test split; ``False`` for searches, which select on validation alone.
 
     Returns:
         dict: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``,
@@ -51,7 +54,7 @@ def run_recbole_diffgm(model=None, dataset=None, config_file_list=None, config_d
         processes, rank 0's.
     """
     if nproc == 1 and world_size <= 0:
-        return _run(model, dataset, config_file_list, config_dict, saved)
+        return _run(model, dataset, config_file_list, config_dict, saved, callback_fn, test)
     distributed = {"world_size": nproc if world_size == -1 else world_size, "ip": ip, "port": str(port),
                    "nproc": nproc, "offset": group_offset}
     # RecBole's init_logger creates ./log/<model>/ unless it exists, a race between the processes.
@@ -71,7 +74,7 @@ def _run_rank(local_rank, model, dataset, config_file_list, config_dict, saved, 
     torch.distributed.destroy_process_group()
 
 
-def _run(model, dataset, config_file_list, config_dict, saved):
+def _run(model, dataset, config_file_list, config_dict, saved, callback_fn=None, test=True):
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
@@ -91,11 +94,11 @@ def _run(model, dataset, config_file_list, config_dict, saved):
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     start = time.perf_counter()
     best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"], callback_fn=callback_fn
     )
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"]) if test else None
     test_seconds = time.perf_counter() - start
 
     logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())

@@ -1,0 +1,244 @@
+"""Hyperparameter search with Ray Tune, driven by RecBole's ``hyper.test`` search-space files.
+
+Each trial is a normal ``run_recbole_diffgm`` without the test: it reports the validation score after every
+validation (so ASHA can stop bad trials early), writes its checkpoints in its own trial folder, and sees only
+the GPUs Ray gave it. The best trial is chosen on validation alone; only its checkpoint is then tested.
+The search writes, in ``<tune_dir>/<name>/``: ``best.yaml`` (the best parameters, for ``--config_files``),
+``trials.md`` / ``trials.csv`` (every trial: parameters, best validation score, epochs, error) and
+``best.json`` (validation and test metrics of the best trial). Re-running the same command resumes an
+interrupted search.
+
+Ray is imported only here, never on the training path.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import math
+import os
+from logging import getLogger
+from pathlib import Path
+
+import yaml
+
+from recbole_diffgm import compat
+from recbole_diffgm.errors import InputError
+
+SPACE_FORMS = {  # RecBole's hyper.test forms (and randint): form -> its values
+    "choice": "a Python list of values",
+    "uniform": "low,high",
+    "quniform": "low,high,q",
+    "loguniform": "low,high (natural-log bounds, as RecBole/hyperopt: exp(uniform(low, high)))",
+    "randint": "low,high (integers, high excluded)",
+}
+
+
+def parse_hyper_file(path: str | Path) -> dict[str, tuple[str, list]]:
+    """Read a ``hyper.test`` file: ``<parameter> <form> <values>`` per line, ``#`` comments and blank lines
+    allowed. Returns ``{parameter: (form, values)}``; a bad line raises ``InputError`` naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"search-space file not found: {path}")
+    space = {}
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            name, form, values = _parse_line(line)
+            if name in space:
+                raise ValueError(f"parameter '{name}' is defined twice")
+        except ValueError as problem:
+            raise InputError(f"{path}, line {number}: {problem}: '{raw.strip()}'") from None
+        space[name] = (form, values)
+    if not space:
+        raise InputError(f"{path}: no search parameters")
+    return space
+
+
+def _parse_line(line: str) -> tuple[str, str, list]:
+    parts = line.split(None, 2)
+    if len(parts) < 3:
+        raise ValueError("expected '<parameter> <form> <values>'")
+    name, form, text = parts
+    if form not in SPACE_FORMS:
+        raise ValueError(f"unknown form '{form}' (use {', '.join(SPACE_FORMS)})")
+    if form == "choice":
+        try:
+            values = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            values = None
+        if not isinstance(values, list) or not values:
+            raise ValueError("choice needs a non-empty Python list, e.g. [64,128]")
+        return name, form, values
+    try:
+        values = [float(value) for value in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{form} needs numbers: {SPACE_FORMS[form]}") from None
+    if len(values) != (3 if form.startswith("q") else 2):
+        raise ValueError(f"{form} needs {SPACE_FORMS[form]}")
+    if values[0] >= values[1]:
+        raise ValueError(f"{form} needs low < high")
+    if form.startswith("q") and values[2] <= 0:
+        raise ValueError(f"{form} needs q > 0")
+    if form == "randint" and not all(value.is_integer() for value in values):
+        raise ValueError("randint needs integers")
+    return name, form, values
+
+
+def ray_search_space(space: dict[str, tuple[str, list]]) -> dict:
+    """``parse_hyper_file``'s result as Ray Tune domains."""
+    from ray import tune
+
+    def domain(form: str, values: list):
+        if form == "choice":
+            return tune.choice(values)
+        if form == "uniform":
+            return tune.uniform(*values)
+        if form == "quniform":
+            return tune.quniform(*values)
+        if form == "loguniform":
+            return tune.loguniform(math.exp(values[0]), math.exp(values[1]))
+        return tune.randint(int(values[0]), int(values[1]))
+
+    return {name: domain(form, values) for name, (form, values) in space.items()}
+
+
+def _trial(params: dict, model: str, dataset: str, config_file_list, config_dict: dict, bigger: bool) -> None:
+    """One trial, inside a Ray worker: train with ``params`` and report every validation."""
+    import torch
+    from ray.air import session
+
+    from recbole_diffgm.quick_start import run_recbole_diffgm
+
+    trial_dir = Path(session.get_trial_dir())
+    cpus = int(session.get_trial_resources().required_resources.get("CPU", 1))
+    torch.set_num_threads(max(1, cpus))
+    overrides = {
+        **config_dict,
+        **params,
+        "checkpoint_dir": str(trial_dir / "checkpoints"),  # RecBole names checkpoints to the second
+        # Ray sets CUDA_VISIBLE_DEVICES to this trial's GPUs; RecBole would reset it to gpu_id ("0").
+        "gpu_id": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        "show_progress": False,
+    }
+    best = {"score": None}
+
+    def report(epoch: int, valid_score: float) -> None:
+        better = best["score"] is None or (valid_score > best["score"]) == bigger
+        best["score"] = valid_score if better else best["score"]
+        session.report({"valid_score": valid_score, "best_valid_score": best["score"], "epoch": epoch})
+
+    result = run_recbole_diffgm(model, dataset, config_file_list, overrides, callback_fn=report, test=False)
+    session.report({"best_valid_score": result["best_valid_score"], "done_training": True})
+
+
+def run_search(model: str, dataset: str, params_file: str, config_file_list=None, config_dict=None,
+               num_samples: int = 10, tune_dir: str = "tune", name: str | None = None,
+               ray_address: str | None = None, cpus_per_trial: float = 1, gpus_per_trial: float | None = None,
+               early_stopping: bool = True) -> dict:
+    """Search ``model``'s hyperparameters on ``dataset`` over ``params_file`` with Ray Tune.
+
+    Returns ``{"best_params", "best_valid_score", "test_result", "folder", "trials", "failed"}``. Trials
+    that ASHA stopped early compete with their best checkpoint so far.
+    """
+    compat.restore_numpy_aliases()
+    import ray
+
+    from recbole_diffgm.config import Config
+    from recbole_diffgm.quick_start import evaluate_saved_model
+
+    logger = getLogger()
+    space = parse_hyper_file(params_file)
+    config_dict = dict(config_dict or {})
+    config = Config(model, dataset, config_file_list, config_dict)  # bad names or files fail here, not in a trial
+    # Trials share one SID/embedding cache (theirs would otherwise sit in each trial's checkpoint folder).
+    config_dict["sid_cache_dir"] = str(Path(config["sid_cache_dir"] or Path(config["checkpoint_dir"]) / "sid_cache").resolve())
+    mode = "max" if config["valid_metric_bigger"] else "min"
+    name = name or f"{config['model']}-{dataset}"
+    folder = Path(tune_dir).resolve() / name
+    if gpus_per_trial is None:
+        import torch
+
+        gpus_per_trial = 1 if torch.cuda.is_available() else 0
+
+    ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False,
+             runtime_env={"worker_process_setup_hook": compat.ray_worker_setup})
+    try:
+        grid = _tuner(model, dataset, config_file_list, config_dict, space, mode, num_samples, folder, name,
+                      cpus_per_trial, gpus_per_trial, early_stopping).fit()
+    finally:
+        ray.shutdown()
+
+    trials = []
+    for result in grid:
+        metrics = result.metrics or {}
+        # RecBole keeps one checkpoint per run, rewritten at each better validation: the trial's best.
+        checkpoints = sorted(Path(result.log_dir).glob("checkpoints/*.pth")) if result.log_dir else []
+        status = "error" if result.error else "finished" if metrics.get("done_training") else "stopped early"
+        trials.append({**{key: (result.config or {}).get(key) for key in space},
+                       "best_valid_score": metrics.get("best_valid_score"),
+                       "evaluations": metrics.get("training_iteration"),
+                       "status": status,
+                       "error": str(result.error).splitlines()[0][:200] if result.error else "",
+                       "model_file": str(checkpoints[-1]) if checkpoints else None})
+    _write_trials(trials, list(space), folder)
+    ranked = [trial for trial in trials if trial["model_file"] and trial["best_valid_score"] is not None]
+    if not ranked:
+        raise InputError(f"no trial reached a validation; see {folder / 'trials.md'}")
+    best = (max if mode == "max" else min)(ranked, key=lambda trial: trial["best_valid_score"])
+    best_params = {key: best[key] for key in space}
+    (folder / "best.yaml").write_text(yaml.safe_dump(best_params, sort_keys=True))
+    test_result = evaluate_saved_model(best["model_file"])  # the test, for the selected trial alone
+    summary = {"best_params": best_params, "best_valid_score": best["best_valid_score"],
+               "test_result": dict(test_result), "folder": str(folder), "trials": len(trials),
+               "failed": sum(bool(trial["error"]) for trial in trials)}
+    (folder / "best.json").write_text(json.dumps(summary, indent=2))
+    logger.info(f"best of {len(trials)} trials (validation {best['best_valid_score']:.4f}): {best_params}; "
+                f"test {dict(test_result)}; written to {folder}")
+    return summary
+
+
+def _tuner(model, dataset, config_file_list, config_dict, space, mode, num_samples, folder: Path, name: str,
+           cpus_per_trial, gpus_per_trial, early_stopping):
+    """A new Ray Tune ``Tuner``, or the interrupted one in ``folder``, resumed."""
+    from ray import air, tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, model=model, dataset=dataset, config_file_list=config_file_list,
+                             config_dict=config_dict, bigger=mode == "max"),
+        {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    if tune.Tuner.can_restore(folder):
+        getLogger().info(f"resuming the search in {folder}")
+        return tune.Tuner.restore(str(folder), trainable, resume_errored=True)
+    scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=1) if early_stopping else None
+    return tune.Tuner(
+        trainable, param_space=ray_search_space(space),
+        tune_config=tune.TuneConfig(metric="best_valid_score", mode=mode, num_samples=num_samples, scheduler=scheduler),
+        run_config=air.RunConfig(name=name, storage_path=str(folder.parent), verbose=1,
+                                 failure_config=air.FailureConfig(fail_fast=False)))
+
+
+def _write_trials(trials: list[dict], parameters: list[str], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    header = [*parameters, "best_valid_score", "evaluations", "status", "error"]
+    with (folder / "trials.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, header, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(trials)
+    ranked = sorted(trials, key=lambda trial: (trial["best_valid_score"] is None, -(trial["best_valid_score"] or 0)))
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for trial in ranked:
+        cells = [_format(trial[key]) for key in header]
+        lines.append("| " + " | ".join(cells) + " |")
+    (folder / "trials.md").write_text("# Trials (validation only; the test is run for the best trial alone)\n\n"
+                                      + "\n".join(lines) + "\n")
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value).replace("|", "/")

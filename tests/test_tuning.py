@@ -1,0 +1,84 @@
+"""Ray Tune searches from hyper.test files: parsing every form and bad line, and a real 2-trial search."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import yaml
+from test_diffgm import tiny_config  # noqa: F401  (fixture)
+from test_sid import NAME
+
+from recbole_diffgm import InputError
+from recbole_diffgm.tuning import parse_hyper_file, ray_search_space, run_search
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "hyper.test"
+    path.write_text(text)
+    return path
+
+
+def test_every_recbole_form_parses(tmp_path):
+    space = parse_hyper_file(write(tmp_path, """
+# a comment, then RecBole's forms
+learning_rate loguniform -8,0
+hidden_size choice [64,96,128]
+mlp_hidden_size choice ['[64,64,64]','[128,128]']
+dropout uniform 0.1,0.5   # trailing comment
+n_layers quniform 1,4,1
+n_heads randint 1,5
+"""))
+    assert space == {
+        "learning_rate": ("loguniform", [-8.0, 0.0]),
+        "hidden_size": ("choice", [64, 96, 128]),
+        "mlp_hidden_size": ("choice", ["[64,64,64]", "[128,128]"]),
+        "dropout": ("uniform", [0.1, 0.5]),
+        "n_layers": ("quniform", [1.0, 4.0, 1.0]),
+        "n_heads": ("randint", [1.0, 5.0]),
+    }
+    domains = ray_search_space(space)
+    assert domains["learning_rate"].lower == pytest.approx(math.exp(-8))  # RecBole's natural-log bounds
+    assert domains["hidden_size"].categories == [64, 96, 128]
+
+
+@pytest.mark.parametrize("line, message", [
+    ("learning_rate loguniform", "line 2: expected '<parameter> <form> <values>'"),
+    ("learning_rate lognormal -8,0", "line 2: unknown form 'lognormal'"),
+    ("hidden_size choice 64,128", "line 2: choice needs a non-empty Python list"),
+    ("hidden_size choice []", "line 2: choice needs a non-empty Python list"),
+    ("dropout uniform 0.5", "line 2: uniform needs low,high"),
+    ("dropout uniform 0.5,0.1", "line 2: uniform needs low < high"),
+    ("dropout uniform a,b", "line 2: uniform needs numbers"),
+    ("n_layers quniform 1,4,0", "line 2: quniform needs q > 0"),
+    ("n_heads randint 1.5,4", "line 2: randint needs integers"),
+    ("epochs choice [1,2]", "line 2: parameter 'epochs' is defined twice"),
+])
+def test_a_bad_line_is_named_with_its_problem(tmp_path, line, message):
+    path = write(tmp_path, f"epochs choice [1,2]\n{line}\n")
+    with pytest.raises(InputError, match=message) as error:
+        parse_hyper_file(path)
+    assert str(path) in str(error.value) and line in str(error.value)
+
+
+def test_an_empty_or_missing_file_is_an_error(tmp_path):
+    with pytest.raises(InputError, match="no search parameters"):
+        parse_hyper_file(write(tmp_path, "# nothing\n"))
+    with pytest.raises(InputError, match="search-space file not found"):
+        parse_hyper_file(tmp_path / "missing.test")
+
+
+def test_a_real_two_trial_search_selects_on_validation_and_tests_the_best(tiny_config, tmp_path):  # noqa: F811
+    params = write(tmp_path, "learning_rate choice [0.003,0.0001]\n")
+    settings = {**tiny_config, "epochs": 2, "hidden_size": 16, "embedding_size": 16}
+    summary = run_search("GRU4Rec", NAME, str(params), config_dict=settings, num_samples=2,
+                         tune_dir=str(tmp_path / "tune"), cpus_per_trial=1, early_stopping=False)
+    folder = tmp_path / "tune" / f"GRU4Rec-{NAME}"
+    with (folder / "trials.csv").open() as handle:
+        trials = list(csv.DictReader(handle))
+    assert len(trials) == 2 and all(trial["status"] == "finished" for trial in trials)
+    best = max(trials, key=lambda trial: float(trial["best_valid_score"]))
+    assert summary["best_valid_score"] == pytest.approx(float(best["best_valid_score"]))
+    assert yaml.safe_load((folder / "best.yaml").read_text()) == {"learning_rate": float(best["learning_rate"])}
+    assert set(summary["test_result"]) == {"recall@5", "ndcg@5"}
