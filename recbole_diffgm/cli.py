@@ -28,6 +28,15 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     benchmark = parser.add_argument_group("benchmark (--model=A,B,...)")
     benchmark.add_argument("--seeds", default=None, help="comma-separated seeds; the table shows mean ± std")
     benchmark.add_argument("--results_dir", default="results", help="where the tables go (default: %(default)s)")
+    search = parser.add_argument_group("hyperparameter search with Ray Tune (--params_file=hyper.test)")
+    search.add_argument("--params_file", default=None, help="RecBole-style search space; searches instead of one run")
+    search.add_argument("--num_samples", type=int, default=10, help="trials (default: %(default)s)")
+    search.add_argument("--tune_dir", default="tune", help="results folder (default: %(default)s)")
+    search.add_argument("--tune_name", default=None, help="search name, a subfolder of --tune_dir (default: <model>-<dataset>)")
+    search.add_argument("--ray_address", default=None, help="a Ray cluster to run on (default: a local Ray)")
+    search.add_argument("--cpus_per_trial", type=float, default=1, help="CPUs per trial, fractions allowed (default: 1)")
+    search.add_argument("--gpus_per_trial", type=float, default=None, help="GPUs per trial, fractions allowed (default: 1 with CUDA, else 0)")
+    search.add_argument("--no_early_stopping", action="store_true", help="no ASHA: every trial trains to the end")
     distributed = parser.add_argument_group("distributed training (RecBole's DDP)")
     distributed.add_argument("--nproc", type=int, default=1, help="processes on this machine (default: %(default)s)")
     distributed.add_argument("--world_size", type=int, default=-1, help="processes in all (default: nproc)")
@@ -55,7 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         from recbole_diffgm.quick_start import build_item_sids, run_recbole_diffgm
 
         models = [name for name in args.model.split(",") if name]
-        if len(models) > 1 or args.seeds:
+        if args.params_file:
+            from recbole_diffgm.tuning import run_search
+
+            run_search(args.model, args.dataset, args.params_file, config_files, overrides, args.num_samples,
+                       args.tune_dir, args.tune_name, args.ray_address, args.cpus_per_trial, args.gpus_per_trial,
+                       not args.no_early_stopping)
+        elif len(models) > 1 or args.seeds:
             from recbole_diffgm.benchmark import run_benchmark
 
             seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [None]

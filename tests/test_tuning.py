@@ -10,7 +10,7 @@ import yaml
 from test_diffgm import tiny_config  # noqa: F401  (fixture)
 from test_sid import NAME
 
-from recbole_diffgm import InputError
+from recbole_diffgm import Config, InputError
 from recbole_diffgm.tuning import parse_hyper_file, ray_search_space, run_search
 
 
@@ -82,3 +82,17 @@ def test_a_real_two_trial_search_selects_on_validation_and_tests_the_best(tiny_c
     assert summary["best_valid_score"] == pytest.approx(float(best["best_valid_score"]))
     assert yaml.safe_load((folder / "best.yaml").read_text()) == {"learning_rate": float(best["learning_rate"])}
     assert set(summary["test_result"]) == {"recall@5", "ndcg@5"}
+
+
+def test_every_shipped_search_space_parses_and_names_real_config_keys():
+    from pathlib import Path
+
+    from recbole_diffgm.config import PROPERTIES_DIR
+
+    files = [Path("hyper.test"), *sorted((PROPERTIES_DIR / "hyper").glob("*.test"))]
+    assert {path.stem for path in files[1:]} >= {"DiffGM", "ARGM", "TIGER", "SASRec", "GRU4Rec", "BERT4Rec"}
+    for path in files:
+        model = "DiffGM" if path.name == "hyper.test" else path.stem
+        config = Config(model, "amazon-beauty", config_dict={"show_progress": False})
+        for parameter in parse_hyper_file(Path(__file__).parents[1] / path if not path.is_absolute() else path):
+            assert config[parameter] is not None, f"{path}: {parameter} is not a {model} config key"
