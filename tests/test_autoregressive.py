@@ -105,3 +105,11 @@ def test_every_item_is_scored_and_tiger_beams_are_catalogue_items(autoregressive
         assert len(model.item_sid[1:].unique(dim=0)) == model.n_items - 1
         catalogue = {tuple(sid) for sid in model.item_sid[1:].tolist()}
         assert all(tuple(c) in catalogue for c in codes[beam_scores.isfinite()].tolist())
+
+
+def test_trie_lookup_names_each_catalogue_sid_once_and_rejects_others():
+    catalogue = torch.tensor([[0, 1, 2], [0, 1, 3], [2, 0, 0], [0, 1, 2]])
+    trie = PrefixTrie(catalogue, 4)
+    leaves = trie.lookup(catalogue)
+    assert trie.n_sids == 3 and leaves[0] == leaves[3] and len(set(leaves.tolist())) == 3
+    assert trie.lookup(torch.tensor([[0, 1, 1], [3, 3, 3], [2, 0, 1]])).tolist() == [-1, -1, -1]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from recbole_diffgm.model.decoding import PrefixTrie, autoregressive_beam_search
+from recbole_diffgm.model.decoding import autoregressive_beam_search
 from recbole_diffgm.model.sid_transformer import SIDTransformer
 
 
@@ -22,7 +22,7 @@ class ARGM(SIDTransformer):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         # With constrained_decoding the beam only extends prefixes of catalogue SIDs (TIGER's trie).
-        self.trie = PrefixTrie(self.item_sid[1:], self.n_codes) if config["constrained_decoding"] else None
+        self.trie = self.sid_trie if config["constrained_decoding"] else None
         self.start_embedding = nn.Parameter(torch.zeros(config["n_embd"]))
         self.apply(self._init_weights)
         nn.init.normal_(self.start_embedding, std=0.02)

@@ -101,11 +101,30 @@ class PrefixTrie:
             self.keys.append(key.unique())  # sorted
             node = torch.searchsorted(self.keys[-1], key)
 
+    def _on(self, device: torch.device) -> None:
+        if self.keys[0].device != device:  # the model moved to another device after it was built
+            self.keys = [keys.to(device) for keys in self.keys]
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """SIDs ``[..., n]`` -> their leaf ids ``[...]`` (one per distinct catalogue SID, ``0..n_sids - 1``, in
+        sorted order), or -1 for a SID that no item has."""
+        self._on(codes.device)
+        node = torch.zeros(codes.shape[:-1], dtype=torch.long, device=codes.device)
+        found = torch.ones_like(node, dtype=torch.bool)
+        for keys, digit in zip(self.keys, codes.unbind(-1)):
+            key = node * self.n_codes + digit
+            node = torch.searchsorted(keys, key).clamp(max=len(keys) - 1)
+            found &= keys[node] == key
+        return torch.where(found, node, -1)
+
+    @property
+    def n_sids(self) -> int:
+        return len(self.keys[-1])
+
     def children(self, depth: int, node: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For prefixes ``node`` (any shape) of ``depth`` digits: which of the K next codes extend them to a
         catalogue prefix ``[..., K]``, and the child node ids (meaningless where not allowed)."""
-        if self.keys[depth].device != node.device:  # the model moved to another device after it was built
-            self.keys = [keys.to(node.device) for keys in self.keys]
+        self._on(node.device)
         keys = self.keys[depth]
         wanted = node[..., None] * self.n_codes + torch.arange(self.n_codes, device=node.device)
         child = torch.searchsorted(keys, wanted).clamp(max=len(keys) - 1)

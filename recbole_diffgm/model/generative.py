@@ -18,7 +18,7 @@ from torch import nn
 
 from recbole_diffgm.data.dataset import SIDDataset
 from recbole_diffgm.errors import InputError
-from recbole_diffgm.model.decoding import rank_sids
+from recbole_diffgm.model.decoding import PrefixTrie, rank_sids
 from recbole_diffgm.trainer import GenerativeTrainer
 
 
@@ -52,6 +52,10 @@ class GenerativeRecommender(SequentialRecommender):
         self.register_buffer("item_sid", item_sid, persistent=False)
         self.register_buffer("item_tokens", item_tokens, persistent=False)
         self.register_buffer("code_offsets", offsets, persistent=False)
+        # Every distinct catalogue SID is a leaf of this trie; decoded SIDs are matched to items through it.
+        self.sid_trie = PrefixTrie(item_sid[1:], self.n_codes)
+        item_leaf = torch.cat([torch.tensor([self.sid_trie.n_sids]), self.sid_trie.lookup(item_sid[1:])])
+        self.register_buffer("item_leaf", item_leaf, persistent=False)  # the padding item: the spare column
         # SID-level evaluation ranks one item per SID: the smallest item id of each SID stands for it.
         _, sid_group = item_sid.unique(dim=0, return_inverse=True)
         first_of_group = torch.full((int(sid_group.max()) + 1,), len(item_sid)).scatter_reduce(
@@ -79,9 +83,7 @@ class GenerativeRecommender(SequentialRecommender):
         generative recommendation list, with ``dedup`` ``simple`` / ``weighted`` / ``none`` (default: the
         config's ``dedup_strategy``); fewer than ``top_k`` when the beam reached fewer."""
         codes, scores, _ = self.decode(item_seq, self.beam_size)
-        catalogue = self.item_sid[1:]
-        _, group = torch.cat([catalogue, codes.flatten(0, 1)]).unique(dim=0, return_inverse=True)
-        legal = torch.isin(group[len(catalogue):], group[: len(catalogue)]).view(codes.shape[:2])
+        legal = (self.sid_trie.lookup(codes) >= 0) & scores.isfinite()
         return [tuple(part[:top_k] for part in rank_sids(c, s, ok, dedup or self.dedup_strategy))
                 for c, s, ok in zip(codes, scores, legal)]
 
@@ -93,16 +95,16 @@ class GenerativeRecommender(SequentialRecommender):
         ordered by training popularity. With ``eval_level: sid`` only each SID's representative item is
         scored (the paper's SID-level protocol)."""
         codes, scores, fallback_log_probs = self.decode(interaction[self.ITEM_SEQ], self.beam_size)
-        batch, beams, n = codes.shape
-        # One group id per distinct SID among the catalogue and the decoded beams.
-        _, group = torch.cat([self.item_sid, codes.flatten(0, 1)]).unique(dim=0, return_inverse=True)
-        item_group, beam_group = group[: self.n_items], group[self.n_items:].view(batch, beams)
-        best = torch.full((batch, int(group.max()) + 1), float("-inf"), device=codes.device)
+        batch, _, n = codes.shape
+        # Beams by catalogue SID (a leaf of the trie); SIDs no item has go to the spare last column.
+        beam_group = self.sid_trie.lookup(codes)
+        beam_group = torch.where(beam_group >= 0, beam_group, self.sid_trie.n_sids)
+        best = torch.full((batch, self.sid_trie.n_sids + 1), float("-inf"), device=codes.device)
         best.scatter_reduce_(1, beam_group, scores, reduce="amax")
         if self.dedup_strategy == "weighted":  # log of the summed probability of the beams that reached a SID
             total = torch.zeros_like(best).scatter_add_(1, beam_group, (scores - best.gather(1, beam_group)).exp())
             best = best + total.log()
-        reached = best[:, item_group]  # [B, n_items], -inf where the beam did not reach the item's SID
+        reached = best[:, self.item_leaf]  # [B, n_items], -inf where the beam did not reach the item's SID
         digits = fallback_log_probs[:, torch.arange(n, device=codes.device), self.item_sid.clamp(min=0)]  # [B, N, n]
         fallback = digits.sum(-1)
         # Shift the fallback scores below the lowest beam score (a constant offset would lose float32 precision).
