@@ -105,8 +105,8 @@ class GenerativeRecommender(SequentialRecommender):
             total = torch.zeros_like(best).scatter_add_(1, beam_group, (scores - best.gather(1, beam_group)).exp())
             best = best + total.log()
         reached = best[:, self.item_leaf]  # [B, n_items], -inf where the beam did not reach the item's SID
-        digits = fallback_log_probs[:, torch.arange(n, device=codes.device), self.item_sid.clamp(min=0)]  # [B, N, n]
-        fallback = digits.sum(-1)
+        item_codes = self.item_sid.clamp(min=0).T  # [n, N]; digit by digit, so no [B, N, n] tensor is held
+        fallback = sum(fallback_log_probs[:, digit, item_codes[digit]] for digit in range(n))  # [B, N]
         # Shift the fallback scores below the lowest beam score (a constant offset would lose float32 precision).
         hit = reached.isfinite()
         lowest_hit = torch.where(hit, reached, float("inf")).amin(dim=1, keepdim=True)
