@@ -26,7 +26,7 @@ setup(
         "recbole_diffgm.dataset": "dataset",
     },
     package_data={
-        "recbole_diffgm.properties": ["*.yaml", "model/*.yaml", "dataset/*.yaml", "hyper/*.test"],
+        "recbole_diffgm.properties": ["*.yaml", "model/*.yaml", "dataset/*.yaml", "hyper/*.test", "recipes/*.yaml"],
         "recbole_diffgm.dataset": ["README.md", "*/*.inter", "*/*.item"],
     },
     py_modules=[],
