@@ -48,8 +48,8 @@ def run_benchmark(models: list[str], dataset: str, config_file_list=None, config
                 (out / f"{dataset}-configs" / name).write_text(yaml.safe_dump(run.pop("config"), sort_keys=True))
             runs.append(run)
         rows.append(_summarise(model, seeds, runs))
-    _write_tables(rows, dataset, out, command)
-    _plot(rows, dataset, out)
+        _write_tables(rows, dataset, out, command)  # after every model: an interrupted benchmark keeps its rows
+        _plot(rows, dataset, out)
     return rows
 
 
