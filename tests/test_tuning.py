@@ -83,6 +83,12 @@ def test_a_real_two_trial_search_selects_on_validation_and_tests_the_best(tiny_c
     assert yaml.safe_load((folder / "best.yaml").read_text()) == {"learning_rate": float(best["learning_rate"])}
     assert set(summary["test_result"]) == {"recall@5", "ndcg@5"}
 
+    # The same command again finds the search in its folder and resumes it: no trial runs twice.
+    again = run_search("GRU4Rec", NAME, str(params), config_dict=settings, num_samples=2,
+                       tune_dir=str(tmp_path / "tune"), cpus_per_trial=1, early_stopping=False)
+    assert again["trials"] == 2 and again["best_params"] == summary["best_params"]
+    assert again["best_valid_score"] == pytest.approx(summary["best_valid_score"])
+
 
 def test_every_shipped_search_space_parses_and_names_real_config_keys():
     from pathlib import Path
