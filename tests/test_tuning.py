@@ -82,6 +82,9 @@ def test_a_real_two_trial_search_selects_on_validation_and_tests_the_best(tiny_c
     assert summary["best_valid_score"] == pytest.approx(float(best["best_valid_score"]))
     assert yaml.safe_load((folder / "best.yaml").read_text()) == {"learning_rate": float(best["learning_rate"])}
     assert set(summary["test_result"]) == {"recall@5", "ndcg@5"}
+    without = {key: value for key, value in settings.items() if key != "learning_rate"}  # config_dict outranks files
+    reloaded = Config("GRU4Rec", NAME, config_file_list=[str(folder / "best.yaml")], config_dict=without)
+    assert reloaded["learning_rate"] == float(best["learning_rate"])  # best.yaml works as --config_files
 
     # The same command again finds the search in its folder and resumes it: no trial runs twice.
     again = run_search("GRU4Rec", NAME, str(params), config_dict=settings, num_samples=2,
@@ -102,3 +105,14 @@ def test_every_shipped_search_space_parses_and_names_real_config_keys():
         config = Config(model, "amazon-beauty", config_dict={"show_progress": False})
         for parameter in parse_hyper_file(Path(__file__).parents[1] / path if not path.is_absolute() else path):
             assert config[parameter] is not None, f"{path}: {parameter} is not a {model} config key"
+
+
+def test_a_failed_trial_is_recorded_with_its_error(tiny_config, tmp_path):  # noqa: F811
+    params = write(tmp_path, "hidden_size choice [-1]\n")  # nn.GRU rejects a negative size
+    settings = {**tiny_config, "epochs": 1, "embedding_size": 16}
+    with pytest.raises(InputError, match="no trial reached a validation"):
+        run_search("GRU4Rec", NAME, str(params), config_dict=settings, num_samples=1,
+                   tune_dir=str(tmp_path / "tune"), early_stopping=False)
+    with (tmp_path / "tune" / f"GRU4Rec-{NAME}" / "trials.csv").open() as handle:
+        (trial,) = list(csv.DictReader(handle))
+    assert trial["status"] == "error" and trial["error"]
