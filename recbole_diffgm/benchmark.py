@@ -61,9 +61,10 @@ def _run_one(model, dataset, config_file_list, config_dict, results) -> None:
         from recbole_diffgm.compat import load_checkpoint
         from recbole_diffgm.model.generative import GenerativeRecommender
         from recbole_diffgm.quick_start import evaluate_saved_model, run_recbole_diffgm
+        from recbole_diffgm.utils import get_model
 
         result = run_recbole_diffgm(model, dataset, config_file_list, config_dict)
-        if result["model_file"] and issubclass(_model_class(model), GenerativeRecommender):
+        if result["model_file"] and issubclass(get_model(model), GenerativeRecommender):
             result["sid_test_result"] = evaluate_saved_model(result["model_file"], {"eval_level": "sid"})
         result["device"] = device_description(result["device"])
         result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -88,12 +89,6 @@ def device_description(device: str) -> str:
         names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
         model = names[0] if names else model
     return f"{model}, {torch.get_num_threads()} threads"
-
-
-def _model_class(model: str):
-    from recbole_diffgm.utils import get_model
-
-    return get_model(model)
 
 
 def _plain(config: dict) -> dict:

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 from recbole.data import data_preparation
-from test_diffgm import tiny_config  # noqa: F401  (fixture)
+from test_diffgm import tiny_config, train_steps  # noqa: F401  (tiny_config: a fixture)
 from test_sid import NAME
 
 from recbole_diffgm import Config, create_dataset, get_model
@@ -70,14 +70,7 @@ def autoregressive(request, tiny_config):  # noqa: F811
 
 def test_teacher_forcing_lowers_the_loss(autoregressive):
     model, batch, _ = autoregressive
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(20):
-        loss = model.calculate_loss(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(model, batch)
     assert losses[-1] < losses[0] - 0.1
 
 

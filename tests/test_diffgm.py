@@ -71,16 +71,22 @@ def test_training_rows_are_next_items_without_negative_samples(tiny_config):
     assert "label" not in next(iter(train))
 
 
-def test_training_lowers_the_loss(tiny):
-    model, batch, _ = tiny
+def train_steps(model, batch, steps: int = 20) -> list[float]:
+    """The loss at each of ``steps`` AdamW steps on one batch."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(20):
+    for _ in range(steps):
         loss = model.calculate_loss(batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+    return losses
+
+
+def test_training_lowers_the_loss(tiny):
+    model, batch, _ = tiny
+    losses = train_steps(model, batch)
     assert losses[-1] < losses[0] - 0.1
 
 
