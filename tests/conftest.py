@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from recbole.data import data_preparation
 
+from recbole_diffgm import Config, create_dataset, get_model
 from recbole_diffgm.config import DATASET_DIR
 
 BEAUTY = "amazon-beauty"
@@ -32,6 +35,27 @@ def write_slice(users: int, out_root: Path, name: str = "beauty-slice") -> Path:
     inter.to_csv(folder / f"{name}.inter", sep="\t", index=False, quoting=csv.QUOTE_NONE)
     item.to_csv(folder / f"{name}.item", sep="\t", index=False, quoting=csv.QUOTE_NONE)
     return out_root
+
+
+NAME = "sid-tiny"
+N_ITEMS = 48
+
+
+def write_tiny(root, item_rows: pd.DataFrame | None = None):
+    """48 real Beauty items, 24 users x 6 items. Item 1 is a copy of item 0's text; item 2 has no text."""
+    items = read_atomic(DATASET_DIR / BEAUTY / f"{BEAUTY}.item").iloc[:N_ITEMS].copy()
+    items.iloc[1, 1:] = items.iloc[0, 1:]
+    items.iloc[2, 1:] = ""
+    items = items if item_rows is None else item_rows
+    folder = root / NAME
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = read_atomic(DATASET_DIR / BEAUTY / f"{BEAUTY}.item")["item_id:token"].iloc[:N_ITEMS].tolist()
+    with (folder / f"{NAME}.inter").open("w") as inter:
+        inter.write("user_id:token\titem_id:token\ttimestamp:float\n")
+        for user in range(24):
+            inter.writelines(f"u{user}\t{tokens[(2 * user + k) % N_ITEMS]}\t{k}\n" for k in range(6))
+    items.to_csv(folder / f"{NAME}.item", sep="\t", index=False, quoting=csv.QUOTE_NONE)
+    return items
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +87,43 @@ def fast_config(slice_root, tmp_path, monkeypatch) -> dict:
         "show_progress": False,
         "state": "WARNING",
     }
+
+
+@pytest.fixture
+def tiny_config(tmp_path, monkeypatch):
+    """A config_dict for a small DiffGM on the tiny catalogue of test_sid (8 codes per digit)."""
+    monkeypatch.chdir(tmp_path)
+    write_tiny(tmp_path / "data")
+    return {
+        "data_path": str(tmp_path / "data"),
+        "checkpoint_dir": str(tmp_path / "saved"),
+        "field_separator": "\t",
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "title", "price"]},
+        "codebook_size": 8,
+        "sent_emb_pca": 16,
+        "n_embd": 32,
+        "n_inner": 64,
+        "n_head": 2,
+        "decoder_n_layer": 2,
+        "train_batch_size": 64,
+        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"},
+        "metrics": ["Recall", "NDCG"],
+        "topk": [5],
+        "valid_metric": "NDCG@5",
+        "valid_metric_weights": None,
+        "eval_start_epoch": 0,
+        "warmup_steps": None,
+        "eval_level": "item",
+        "dedup_strategy": "simple",
+        "learning_rate": 0.003,
+        "show_progress": False,
+    }
+
+
+@pytest.fixture
+def tiny(tiny_config):
+    """An untrained DiffGM on the tiny catalogue, a training batch and a validation batch."""
+    config = Config("DiffGM", NAME, config_dict=tiny_config)
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    torch.manual_seed(0)
+    return get_model("DiffGM")(config, train._dataset), next(iter(train)), next(iter(valid))[0]

@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 import torch
+from conftest import NAME
 from recbole.data import data_preparation
-from test_diffgm import tiny_config, train_steps  # noqa: F401  (tiny_config: a fixture)
-from test_sid import NAME
+from test_diffgm import train_steps
 
 from recbole_diffgm import Config, create_dataset, get_model
 from recbole_diffgm.model.decoding import PrefixTrie, autoregressive_beam_search
@@ -59,7 +59,7 @@ def test_the_trie_knows_exactly_the_catalogue_prefixes():
 
 
 @pytest.fixture(params=["ARGM", "TIGER"])
-def autoregressive(request, tiny_config):  # noqa: F811
+def autoregressive(request, tiny_config):
     overrides = {"sid_quantizer": "rq_kmeans", "n_digit": 2} if request.param == "TIGER" else {}
     config = Config(request.param, NAME, config_dict={**tiny_config, **overrides, "head_dim": None, "n_head": 2,
                                                        "encoder_n_layer": 1})

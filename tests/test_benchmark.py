@@ -5,13 +5,12 @@ from __future__ import annotations
 import csv
 
 import yaml
-from test_diffgm import tiny_config  # noqa: F401  (fixture)
-from test_sid import NAME
+from conftest import NAME
 
 from recbole_diffgm.benchmark import run_benchmark
 
 
-def test_the_benchmark_writes_every_row_including_a_failed_one(tiny_config, tmp_path):  # noqa: F811
+def test_the_benchmark_writes_every_row_including_a_failed_one(tiny_config, tmp_path):
     settings = {**tiny_config, "epochs": 1, "topk": [5, 10], "hidden_size": 16, "embedding_size": 16}
     rows = run_benchmark(["GRU4Rec", "NoSuchModel", "DiffGM"], NAME, config_dict=settings,
                          results_dir=str(tmp_path / "results"))

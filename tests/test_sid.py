@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import subprocess
 import sys
@@ -12,34 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import BEAUTY, SCRIPT, read_atomic
+from conftest import N_ITEMS, NAME, SCRIPT, read_atomic, write_tiny
 
 from recbole_diffgm import InputError
-from recbole_diffgm.config import DATASET_DIR, Config
+from recbole_diffgm.config import Config
 from recbole_diffgm.data.dataset import PADDING_CODE, SIDDataset
 from recbole_diffgm.data.sid import SIDSettings, build_sids
 from recbole_diffgm.data.sid.embed import embed_texts
 from recbole_diffgm.utils import create_dataset
-
-NAME = "sid-tiny"
-N_ITEMS = 48
-
-
-def write_tiny(root, item_rows: pd.DataFrame | None = None):
-    """48 real Beauty items, 24 users x 6 items. Item 1 is a copy of item 0's text; item 2 has no text."""
-    items = read_atomic(DATASET_DIR / BEAUTY / f"{BEAUTY}.item").iloc[:N_ITEMS].copy()
-    items.iloc[1, 1:] = items.iloc[0, 1:]
-    items.iloc[2, 1:] = ""
-    items = items if item_rows is None else item_rows
-    folder = root / NAME
-    folder.mkdir(parents=True, exist_ok=True)
-    tokens = read_atomic(DATASET_DIR / BEAUTY / f"{BEAUTY}.item")["item_id:token"].iloc[:N_ITEMS].tolist()
-    with (folder / f"{NAME}.inter").open("w") as inter:
-        inter.write("user_id:token\titem_id:token\ttimestamp:float\n")
-        for user in range(24):
-            inter.writelines(f"u{user}\t{tokens[(2 * user + k) % N_ITEMS]}\t{k}\n" for k in range(6))
-    items.to_csv(folder / f"{NAME}.item", sep="\t", index=False, quoting=csv.QUOTE_NONE)
-    return items
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,7 @@ import math
 
 import pytest
 import yaml
-from test_diffgm import tiny_config  # noqa: F401  (fixture)
-from test_sid import NAME
+from conftest import NAME
 
 from recbole_diffgm import Config, InputError
 from recbole_diffgm.tuning import parse_hyper_file, ray_search_space, run_search
@@ -69,7 +68,7 @@ def test_an_empty_or_missing_file_is_an_error(tmp_path):
         parse_hyper_file(tmp_path / "missing.test")
 
 
-def test_a_real_two_trial_search_selects_on_validation_and_tests_the_best(tiny_config, tmp_path):  # noqa: F811
+def test_a_real_two_trial_search_selects_on_validation_and_tests_the_best(tiny_config, tmp_path):
     params = write(tmp_path, "learning_rate choice [0.003,0.0001]\n")
     settings = {**tiny_config, "epochs": 2, "hidden_size": 16, "embedding_size": 16}
     summary = run_search("GRU4Rec", NAME, str(params), config_dict=settings, num_samples=2,
@@ -107,7 +106,7 @@ def test_every_shipped_search_space_parses_and_names_real_config_keys():
             assert config[parameter] is not None, f"{path}: {parameter} is not a {model} config key"
 
 
-def test_a_failed_trial_is_recorded_with_its_error(tiny_config, tmp_path):  # noqa: F811
+def test_a_failed_trial_is_recorded_with_its_error(tiny_config, tmp_path):
     params = write(tmp_path, "hidden_size choice [-1]\n")  # nn.GRU rejects a negative size
     settings = {**tiny_config, "epochs": 1, "embedding_size": 16}
     with pytest.raises(InputError, match="no trial reached a validation"):

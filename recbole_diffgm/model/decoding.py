@@ -20,16 +20,26 @@ MASK = -1  # a slot whose code is not decided yet
 Denoiser = Callable[[torch.Tensor], torch.Tensor]
 
 
+def fill_schedule(n_slots: int, passes: int) -> list[int]:
+    """How many slots each of ``passes`` denoising passes fills: as even as possible, the larger fills last
+    (the later passes see more of the SID, so their digits are the surer ones)."""
+    return [n_slots // passes + (index >= passes - n_slots % passes) for index in range(passes)]
+
+
 def cpd_beam_search(denoise: Denoiser, batch_size: int, n_slots: int, beam_size: int,
                     device: torch.device | str = "cpu", greedy_last_step: bool = False,
-                    slot_order: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    slot_order: torch.Tensor | None = None, passes: int | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Confidence-guided parallel denoising with a beam over (slot, code) choices.
 
     Args:
-        greedy_last_step: fill each beam's last slot with its best code and keep the beams as they are (the
+        greedy_last_step: fill each beam's last slots with their best codes and keep the beams as they are (the
             released code), instead of a last global top-``beam_size`` over (beam, code) (the paper).
         slot_order: a fixed order in which the slots are filled, the same for every beam (the paper's
             "w/o CPD" control); ``None`` lets each beam fill its most confident slot first.
+        passes: denoiser passes (default ``n_slots``: one digit per pass). With fewer, a pass that fills ``f``
+            slots expands the beam on one (slot, code) as usual and fills each new beam's ``f - 1`` next most
+            confident open slots with their best codes, from the same pass.
 
     Returns:
         ``(codes [B, beam, n], scores [B, beam], first_log_probs [B, n, K])``, beams sorted by score;
@@ -38,32 +48,75 @@ def cpd_beam_search(denoise: Denoiser, batch_size: int, n_slots: int, beam_size:
     codes = torch.full((batch_size, 1, n_slots), MASK, dtype=torch.long, device=device)
     scores = torch.zeros(batch_size, 1, device=device)
     first_log_probs = None
-    for step in range(n_slots):
+    fills = fill_schedule(n_slots, passes or n_slots)
+    slot_ids = torch.arange(n_slots, device=device)
+    for step, fill in enumerate(fills):
         log_probs = denoise(codes)  # [B, G, n, K]
         if first_log_probs is None:
             first_log_probs = log_probs[:, 0]
         closed = codes != MASK
-        if slot_order is not None:
-            closed = closed | (torch.arange(n_slots, device=device) != slot_order[step])
-        candidates = scores[:, :, None, None] + log_probs.masked_fill(closed[..., None], float("-inf"))
-        if greedy_last_step and step == n_slots - 1 and step > 0:
-            best, flat = candidates.flatten(2).max(dim=2)  # one open slot per beam: its best code
-            codes = codes.scatter(2, (flat // log_probs.shape[-1])[..., None], (flat % log_probs.shape[-1])[..., None])
-            scores, order = best.sort(dim=1, descending=True)
-            return codes.gather(1, order[..., None].expand_as(codes)), scores, first_log_probs
-        codes, scores = _keep_best(codes, candidates, beam_size)
+        if slot_order is not None:  # this pass may fill only its slots of the order, the first by the beam
+            done = sum(fills[:step])
+            closed = closed | ~torch.isin(slot_ids, slot_order[done: done + fill])
+        if greedy_last_step and step == len(fills) - 1 and step > 0:
+            codes, scores = _fill_best(codes, scores, log_probs.masked_fill(closed[..., None], float("-inf")), fill)
+        else:
+            expandable = closed if slot_order is None else closed | (slot_ids != slot_order[done])
+            candidates = scores[:, :, None, None] + log_probs.masked_fill(expandable[..., None], float("-inf"))
+            codes, scores, parent = _keep_best(codes, candidates, beam_size)
+            if fill == 1:
+                continue
+            log_probs = log_probs.gather(1, parent[..., None, None].expand(-1, -1, *log_probs.shape[2:]))
+            still_closed = closed.gather(1, parent[..., None].expand(-1, -1, n_slots)) | (codes != MASK)
+            codes, scores = _fill_best(codes, scores, log_probs.masked_fill(still_closed[..., None], float("-inf")),
+                                       fill - 1)
+        scores, order = scores.sort(dim=1, descending=True)
+        codes = codes.gather(1, order[..., None].expand_as(codes))
     return codes, scores, first_log_probs
 
 
-def _keep_best(codes: torch.Tensor, candidates: torch.Tensor, beam_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The global top ``beam_size`` of the (beam, slot, code) ``candidates`` ``[B, G, n, K]``, as new beams."""
+def _keep_best(codes: torch.Tensor, candidates: torch.Tensor, beam_size: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The global top ``beam_size`` of the (beam, slot, code) ``candidates`` ``[B, G, n, K]``, as new beams,
+    with the index of each new beam's parent ``[B, G']``."""
     _, _, n_slots, n_codes = candidates.shape
     width = min(beam_size, candidates[0].isfinite().sum().item())
     top_scores, flat = candidates.flatten(1).topk(width, dim=1)
     beam, slot, code = flat // (n_slots * n_codes), flat // n_codes % n_slots, flat % n_codes
     codes = codes.gather(1, beam[..., None].expand(-1, -1, n_slots)).clone()
     codes.scatter_(2, slot[..., None], code[..., None])
-    return codes, top_scores
+    return codes, top_scores, beam
+
+
+def _fill_best(codes: torch.Tensor, scores: torch.Tensor, open_log_probs: torch.Tensor, count: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each beam fills its ``count`` most confident open slots (finite rows of ``open_log_probs``
+    ``[B, G, n, K]``) with their best codes, adding their log-probabilities to its score."""
+    best, best_code = open_log_probs.max(dim=-1)  # [B, G, n]
+    best, slot = best.topk(count, dim=-1)
+    return codes.scatter(2, slot, best_code.gather(2, slot)), scores + best.sum(dim=-1)
+
+
+def one_pass_scores(first_log_probs: torch.Tensor, sids: torch.Tensor) -> torch.Tensor:
+    """Every SID ``[S, n]`` scored from the all-masked pass ``[B, n, K]`` alone: the sum of its digits'
+    log-probabilities ``[B, S]`` (digit by digit, so no ``[B, S, n]`` tensor is held)."""
+    return sum(first_log_probs[:, digit, sids[:, digit]] for digit in range(sids.shape[1]))
+
+
+def guided_sid_scores(denoise: Denoiser, sids: torch.Tensor, first_log_probs: torch.Tensor) -> torch.Tensor:
+    """CPD's score of given SIDs ``[B, G, n]``: each fills its own digits most confident first, one per pass, and
+    scores the sum of their conditional log-probabilities ``[B, G]`` (the all-masked pass is ``first_log_probs``)."""
+    codes = torch.full_like(sids, MASK)
+    scores = sids.new_zeros(sids.shape[:2], dtype=first_log_probs.dtype)
+    log_probs = first_log_probs[:, None].expand(-1, sids.shape[1], -1, -1)
+    for step in range(sids.shape[2]):
+        if step > 0:
+            log_probs = denoise(codes)
+        own = log_probs.gather(3, sids[..., None])[..., 0].masked_fill(codes != MASK, float("-inf"))  # [B, G, n]
+        best, slot = own.max(dim=-1, keepdim=True)
+        codes = codes.scatter(2, slot, sids.gather(2, slot))
+        scores = scores + best[..., 0]
+    return scores
 
 
 def rank_sids(codes: torch.Tensor, scores: torch.Tensor, legal: torch.Tensor, dedup: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from recbole_diffgm.errors import InputError
-from recbole_diffgm.model.decoding import MASK, cpd_beam_search
+from recbole_diffgm.model.decoding import (
+    MASK,
+    cpd_beam_search,
+    guided_sid_scores,
+    one_pass_scores,
+)
 from recbole_diffgm.model.generative import config_choice
 from recbole_diffgm.model.sid_transformer import MemoryKV, SIDTransformer
 
@@ -47,16 +52,27 @@ class DiffGM(SIDTransformer):
         if config_choice(config, "decode_order", ("confidence", "random")) == "random":
             slot_order = torch.randperm(self.n_slots, generator=torch.Generator().manual_seed(config["seed"]))
         self.register_buffer("slot_order", slot_order, persistent=False)
+        self.decode_mode = config_choice(config, "decode_mode", ("cpd", "one_pass"))
+        self.decode_passes = config["decode_passes"] or self.n_slots
+        self.rerank_size = config["rerank_size"]
+        if not (isinstance(self.decode_passes, int) and 1 <= self.decode_passes <= self.n_slots):
+            raise InputError(f"decode_passes must be an integer from 1 to n_digit ({self.n_slots}), "
+                             f"got {config['decode_passes']!r}")
+        if not (isinstance(self.rerank_size, int) and self.rerank_size >= 0):
+            raise InputError(f"rerank_size must be a non-negative integer, got {self.rerank_size!r}")
+        self.register_buffer("catalogue_sids", self.item_sid[1:].unique(dim=0), persistent=False)  # one-pass ranks these
 
         self.mask_embedding = nn.Parameter(torch.zeros(self.n_slots, config["n_embd"]))  # one per digit slot
         self.apply(self._init_weights)
         nn.init.normal_(self.mask_embedding, std=0.02)
 
     def denoise(self, codes: torch.Tensor, memory_kv: MemoryKV, memory_mask: torch.Tensor) -> torch.Tensor:
-        """Codes ``[B, G, n]`` (``MASK`` where hidden) -> log-probabilities ``[B, G, n, K]`` for every slot."""
+        """Codes ``[B, G, n]`` (``MASK`` where hidden) -> log-probabilities ``[B, G, n, K]`` of the hidden slots
+        (``-inf`` at the visible ones: neither training nor decoding reads them, so they are not computed)."""
         visible = codes != MASK
         tokens = self.token_embedding(torch.where(visible, codes + self.code_offsets, 0))
-        return self.decode_slots(torch.where(visible[..., None], tokens, self.mask_embedding), memory_kv, memory_mask)
+        return self.decode_slots(torch.where(visible[..., None], tokens, self.mask_embedding), memory_kv, memory_mask,
+                                 scored=~visible)
 
     # ----- training: OCN ---------------------------------------------------------------------------------
 
@@ -114,8 +130,9 @@ class DiffGM(SIDTransformer):
         codes = target[:, None].expand_as(views).masked_fill(views, MASK)
         log_probs = self.denoise(codes, memory_kv, memory_mask)
         labels = target[:, None].expand_as(views)
-        token_loss = F.cross_entropy(log_probs.flatten(0, 2), labels.flatten(), reduction="none",
-                                     label_smoothing=self.label_smoothing).view_as(views)
+        token_loss = log_probs.new_zeros(views.shape)
+        token_loss[views] = F.cross_entropy(log_probs[views], labels[views], reduction="none",
+                                            label_smoothing=self.label_smoothing)
         if self.loss_reduction == "token_mean":  # the released code: every hidden slot of every view alike
             return (token_loss * views).sum() / views.sum()
         # The paper: mean over the hidden slots of each view, then over the views.
@@ -124,7 +141,22 @@ class DiffGM(SIDTransformer):
     # ----- inference: CPD, scored per item ----------------------------------------------------------------
 
     def decode(self, item_seq: torch.Tensor, beam_size: int):
+        """``decode_mode: cpd``: CPD with ``beam_size`` beams in ``decode_passes`` passes. ``one_pass``: every
+        catalogue SID ranked by the all-masked pass alone (the top ``beam_size`` returned as beams), or, with
+        ``rerank_size: R``, its top R re-scored by CPD's guided fill (R more candidates, ``n - 1`` more passes)."""
         memory_kv, memory_mask = self.encode(item_seq)
-        return cpd_beam_search(lambda codes: self.denoise(codes, memory_kv, memory_mask), len(item_seq),
-                               self.n_slots, beam_size, item_seq.device, self.greedy_last_step, self.slot_order)
 
+        def denoise(codes: torch.Tensor) -> torch.Tensor:
+            return self.denoise(codes, memory_kv, memory_mask)
+
+        if self.decode_mode == "cpd":
+            return cpd_beam_search(denoise, len(item_seq), self.n_slots, beam_size, item_seq.device,
+                                   self.greedy_last_step, self.slot_order, self.decode_passes)
+        first_log_probs = denoise(torch.full((len(item_seq), 1, self.n_slots), MASK, device=item_seq.device))[:, 0]
+        scores, top = one_pass_scores(first_log_probs, self.catalogue_sids).topk(
+            min(self.rerank_size or beam_size, len(self.catalogue_sids)), dim=1)
+        codes = self.catalogue_sids[top]  # [B, G, n]
+        if self.rerank_size:
+            scores, order = guided_sid_scores(denoise, codes, first_log_probs).sort(dim=1, descending=True)
+            codes = codes.gather(1, order[..., None].expand_as(codes))
+        return codes, scores, first_log_probs

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recbole_diffgm.model.generative import GenerativeRecommender
+from recbole_diffgm.model.generative import GenerativeRecommender, config_choice
 from recbole_diffgm.model.layers import DecoderBlock, EncoderBlock
 
 MemoryKV = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder block: the history's keys and values
@@ -32,6 +32,14 @@ class SIDTransformer(GenerativeRecommender):
         self.decoder = nn.ModuleList(DecoderBlock(d_model, n_heads, d_inner, dropout, head_dim)
                                      for _ in range(config["decoder_n_layer"]))
         self.ln_f = nn.LayerNorm(d_model)
+        self.autocast_dtype = {"none": None, "bf16": torch.bfloat16}[
+            config_choice(config, "mixed_precision", ("none", "bf16"))]
+        if config["compile"]:  # the decoder: the hot path of decoding; in place, so checkpoints keep their names
+            for block in self.decoder:
+                block.compile(dynamic=True)
+
+    def autocast(self, device: torch.device) -> torch.autocast:
+        return torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
     def init_history_embedding(self, config) -> None:
         d_model = config["n_embd"]
@@ -47,21 +55,37 @@ class SIDTransformer(GenerativeRecommender):
 
     def encode(self, item_seq: torch.Tensor) -> tuple[MemoryKV, torch.Tensor]:
         """History ``[B, L]`` -> each decoder block's memory keys/values, computed once per user, and the key mask."""
-        hidden, mask = self.embed_history(item_seq)
-        hidden = self.dropout(hidden)
-        for block in self.encoder:
-            hidden = block(hidden, mask)
-        memory = self.ln_f(hidden)
-        return [block.attn.memory_kv(memory, mask) for block in self.decoder], mask
+        with self.autocast(item_seq.device):
+            hidden, mask = self.embed_history(item_seq)
+            hidden = self.dropout(hidden)
+            for block in self.encoder:
+                hidden = block(hidden, mask)
+            memory = self.ln_f(hidden)
+            return [block.attn.memory_kv(memory, mask) for block in self.decoder], mask
 
     def decode_slots(self, hidden: torch.Tensor, memory_kv: MemoryKV, memory_mask: torch.Tensor,
-                     causal: bool = False) -> torch.Tensor:
+                     causal: bool = False, scored: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder inputs ``[B, G, s, D]`` for slots ``0..s-1`` -> log-probabilities ``[B, G, s, K]`` of each
-        slot's digit."""
+        slot's digit. With ``scored`` (bool, broadcastable to ``[B, G, s]``) only those slots get an output layer
+        and a softmax; the others are ``-inf``, which decoding and the training loss never read."""
+        with self.autocast(hidden.device):
+            return self._output_log_probs(self._decoder_hidden(hidden, memory_kv, memory_mask, causal), scored)
+
+    def _decoder_hidden(self, hidden: torch.Tensor, memory_kv: MemoryKV, memory_mask: torch.Tensor,
+                        causal: bool) -> torch.Tensor:
         hidden = self.dropout(hidden)
         for block, kv in zip(self.decoder, memory_kv):
             hidden = block(hidden, kv, memory_mask, causal)
-        hidden = self.ln_f(hidden)
+        return self.ln_f(hidden)
+
+    def _output_log_probs(self, hidden: torch.Tensor, scored: torch.Tensor | None) -> torch.Tensor:
         slots = hidden.shape[-2]
         code_table = self.token_embedding.weight[: slots * self.n_codes].view(slots, self.n_codes, -1)
-        return torch.einsum("bgsd,skd->bgsk", hidden, code_table).log_softmax(dim=-1)
+        if scored is None:
+            return torch.einsum("bgsd,skd->bgsk", hidden, code_table).float().log_softmax(dim=-1)
+        scored = scored.expand(hidden.shape[:-1])
+        log_probs = hidden.new_full((*hidden.shape[:-1], self.n_codes), float("-inf"), dtype=torch.float32)
+        for slot in range(slots):  # a loop over the n digits; every user and beam of a slot in one matmul
+            rows = scored[..., slot]
+            log_probs[..., slot, :][rows] = (hidden[..., slot, :][rows] @ code_table[slot].T).float().log_softmax(dim=-1)
+        return log_probs

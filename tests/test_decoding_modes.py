@@ -1,0 +1,188 @@
+"""DiffGM's fast decoding path against a plain reference, its faster modes, and its GPU options on the CPU."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from conftest import NAME
+from recbole.data import data_preparation
+from test_diffgm import path_score, toy_denoiser, train_steps
+
+from recbole_diffgm import Config, create_dataset, get_model
+from recbole_diffgm.model.decoding import (
+    MASK,
+    cpd_beam_search,
+    fill_schedule,
+    guided_sid_scores,
+    one_pass_scores,
+)
+
+
+def plain_cpd(model, history: torch.Tensor, beam_size: int) -> list[tuple[float, tuple[int, ...]]]:
+    """CPD the plain way: one user, one beam at a time, the history re-encoded and every slot scored each time."""
+    beams = [(0.0, (MASK,) * model.n_slots)]
+    for _ in range(model.n_slots):
+        candidates = []
+        for score, codes in beams:
+            memory_kv, memory_mask = model.encode(history[None])
+            state = torch.tensor(codes)[None, None]
+            visible = state != MASK
+            tokens = model.token_embedding(torch.where(visible, state + model.code_offsets, 0))
+            inputs = torch.where(visible[..., None], tokens, model.mask_embedding)
+            log_probs = model.decode_slots(inputs, memory_kv, memory_mask)[0, 0]
+            for slot, code in itertools.product(range(model.n_slots), range(model.n_codes)):
+                if codes[slot] == MASK:
+                    filled = codes[:slot] + (code,) + codes[slot + 1:]
+                    candidates.append((score + log_probs[slot, code].item(), filled))
+        beams = sorted(candidates, reverse=True)[:beam_size]
+    return beams
+
+
+def test_the_fast_cpd_path_equals_a_plain_reference(tiny):
+    model, batch, _ = tiny
+    train_steps(model, batch)  # sharper distributions than at initialisation: no near-ties
+    model.eval()
+    histories = batch[model.ITEM_SEQ][:3]
+    with torch.no_grad():
+        codes, scores, _ = model.decode(histories, beam_size=8)
+        references = [plain_cpd(model, history, beam_size=8) for history in histories]
+    for reference, user_codes, user_scores in zip(references, codes, scores):
+        assert [tuple(sid) for sid in user_codes.tolist()] == [sid for _, sid in reference]
+        torch.testing.assert_close(user_scores, torch.tensor([score for score, _ in reference]), atol=1e-4, rtol=0)
+
+
+def test_fill_schedules_spread_the_digits_and_fill_more_last():
+    assert fill_schedule(4, 4) == [1, 1, 1, 1]
+    assert fill_schedule(4, 3) == [1, 1, 2]
+    assert fill_schedule(4, 2) == [2, 2]
+    assert fill_schedule(4, 1) == [4]
+    assert fill_schedule(5, 2) == [2, 3]
+
+
+def counting(denoise):
+    calls = []
+
+    def counted(codes):
+        calls.append(codes.clone())
+        return denoise(codes)
+
+    return counted, calls
+
+
+def test_one_pass_cpd_expands_one_slot_and_fills_the_other_from_the_same_pass():
+    tables, denoise = toy_denoiser()
+    first = tables[(MASK, MASK)]
+    expected = []
+    for slot, code in itertools.product(range(2), range(3)):
+        sid = [0, 0]
+        sid[slot], sid[1 - slot] = code, first[1 - slot].argmax().item()
+        expected.append((first[slot, code].item() + first[1 - slot].max().item(), tuple(sid)))
+    expected.sort(reverse=True)
+    counted, calls = counting(denoise)
+    codes, scores, _ = cpd_beam_search(counted, 1, 2, beam_size=6, passes=1)
+    assert len(calls) == 1
+    assert [tuple(c) for c in codes[0].tolist()] == [sid for _, sid in expected]
+    torch.testing.assert_close(scores[0], torch.tensor([score for score, _ in expected]))
+
+
+@torch.no_grad()
+def test_fewer_passes_run_fewer_denoiser_calls_and_complete_every_sid(tiny):
+    model, batch, _ = tiny
+    model.eval()
+    histories = batch[model.ITEM_SEQ][:4]
+    memory_kv, memory_mask = model.encode(histories)
+    counted, calls = counting(lambda codes: model.denoise(codes, memory_kv, memory_mask))
+    codes, scores, _ = cpd_beam_search(counted, 4, model.n_slots, beam_size=16, passes=2)
+    # 4 digits in 2 passes: each pass expands the beam on 1 digit and fills 1 more greedily.
+    assert len(calls) == 2 and (calls[1] != MASK).sum(-1).eq(2).all()
+    assert (codes != MASK).all() and (scores[:, 1:] <= scores[:, :-1]).all()
+    full, _, _ = cpd_beam_search(lambda c: model.denoise(c, memory_kv, memory_mask), 4, model.n_slots, 16)
+    default, _, _ = cpd_beam_search(lambda c: model.denoise(c, memory_kv, memory_mask), 4, model.n_slots, 16,
+                                    passes=model.n_slots)
+    assert torch.equal(full, default)
+
+
+def test_one_pass_scores_sum_the_all_masked_log_probs():
+    tables, _ = toy_denoiser()
+    first = tables[(MASK, MASK)][None]
+    sids = torch.tensor(list(itertools.product(range(3), repeat=2)))
+    expected = torch.tensor([[first[0, 0, a] + first[0, 1, b] for a, b in sids.tolist()]])
+    torch.testing.assert_close(one_pass_scores(first, sids), expected)
+
+
+def test_guided_scores_fill_each_sid_most_confident_digit_first():
+    tables, denoise = toy_denoiser()
+    sids = torch.tensor(list(itertools.product(range(3), repeat=2)))[None]
+    first = tables[(MASK, MASK)]
+    expected = []
+    for sid in sids[0].tolist():
+        order = (0, 1) if first[0, sid[0]] >= first[1, sid[1]] else (1, 0)
+        expected.append(path_score(tables, sid, order))
+    torch.testing.assert_close(guided_sid_scores(denoise, sids, first[None]), torch.tensor([expected]))
+
+
+@torch.no_grad()
+def test_one_pass_mode_ranks_the_catalogue_and_reranks_its_top(tiny):
+    model, batch, _ = tiny
+    model.eval()
+    histories = batch[model.ITEM_SEQ][:3]
+    model.decode_mode = "one_pass"
+    codes, scores, first = model.decode(histories, beam_size=5)
+    every = one_pass_scores(first, model.catalogue_sids)
+    torch.testing.assert_close(scores, every.topk(5, dim=1).values)
+    assert (model.sid_trie.lookup(codes) >= 0).all()
+    model.rerank_size = 6
+    reranked, rescored, _ = model.decode(histories, beam_size=5)
+    memory_kv, memory_mask = model.encode(histories)
+    top = model.catalogue_sids[every.topk(6, dim=1).indices]
+    guided = guided_sid_scores(lambda c: model.denoise(c, memory_kv, memory_mask), top, first)
+    torch.testing.assert_close(rescored, guided.sort(dim=1, descending=True).values)
+    assert all({tuple(s) for s in a} == {tuple(s) for s in b} for a, b in zip(reranked.tolist(), top.tolist()))
+
+
+@pytest.mark.parametrize("key, value", [("decode_mode", "two_pass"), ("decode_passes", 5), ("rerank_size", -1)])
+def test_decoding_mode_values_are_checked(tiny_config, key, value):
+    config = Config("DiffGM", NAME, config_dict={**tiny_config, key: value})
+    with pytest.raises(Exception, match=key):
+        get_model("DiffGM")(config, create_dataset(config))
+
+
+def test_bf16_autocast_trains_and_decodes_close_to_float32(tiny_config):
+    losses = {}
+    for precision in ("none", "bf16"):
+        config = Config("DiffGM", NAME, config_dict={**tiny_config, "mixed_precision": precision})
+        train, _, _ = data_preparation(config, create_dataset(config))
+        torch.manual_seed(0)
+        model = get_model("DiffGM")(config, train._dataset)
+        batch = next(iter(train))
+        losses[precision] = train_steps(model, batch, steps=5)
+        model.eval()
+        with torch.no_grad():
+            _, scores, first = model.decode(batch[model.ITEM_SEQ][:4], beam_size=4)
+        assert scores.dtype == first.dtype == torch.float32 and scores.isfinite().all()
+    assert losses["bf16"][-1] < losses["bf16"][0]
+    assert losses["bf16"][0] == pytest.approx(losses["none"][0], rel=0.02)
+
+
+def test_compile_traces_the_decoder_blocks_and_decodes_as_eager(tiny_config, monkeypatch):
+    # Inductor takes minutes to compile on a CPU, so dynamo traces with its eager backend here: the graph capture
+    # of the decoder with dynamic beam counts is what is checked; inductor itself is PyTorch's to test.
+    compile_module, compiled = torch.nn.Module.compile, []
+
+    def eager_compile(module, **kwargs):
+        compiled.append(module)
+        compile_module(module, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "compile", eager_compile)
+    scores = {}
+    for flag in (False, True):
+        config = Config("DiffGM", NAME, config_dict={**tiny_config, "compile": flag})
+        train, _, _ = data_preparation(config, create_dataset(config))
+        torch.manual_seed(0)
+        model = get_model("DiffGM")(config, train._dataset).eval()
+        with torch.no_grad():
+            _, scores[flag], _ = model.decode(next(iter(train))[model.ITEM_SEQ][:4], beam_size=4)
+    assert compiled == list(model.decoder)
+    torch.testing.assert_close(scores[True], scores[False])
