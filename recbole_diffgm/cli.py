@@ -23,6 +23,8 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
                         help="model name (default: %(default)s); several, comma-separated, run the benchmark")
     parser.add_argument("--dataset", "-d", default="amazon-beauty", help="dataset name (default: %(default)s)")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files, applied in order")
+    parser.add_argument("--resume", default=None, metavar="FILE",
+                        help="continue an interrupted run from its <checkpoint_dir>/<run>-resume.pth, with that run's config")
     parser.add_argument("--build_sids", action="store_true",
                         help="only build (or load) the semantic IDs of --dataset and report them; no training")
     benchmark = parser.add_argument_group("benchmark (--model=A,B,...)")
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             build_item_sids(args.model, args.dataset, config_files, overrides)
         else:
             run_recbole_diffgm(args.model, args.dataset, config_files, overrides, nproc=args.nproc,
-                               world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset)
+                               world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset,
+                               resume_file=args.resume)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

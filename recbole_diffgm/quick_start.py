@@ -18,6 +18,7 @@ from recbole.utils import get_environment, get_flops, init_logger, init_seed, se
 from recbole_diffgm.compat import load_checkpoint
 from recbole_diffgm.config import Config
 from recbole_diffgm.data.dataset import SIDDataset
+from recbole_diffgm.errors import InputError
 from recbole_diffgm.utils import create_dataset, get_model, get_trainer
 
 
@@ -31,7 +32,7 @@ def dataset_summary(dataset) -> str:
 
 def run_recbole_diffgm(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True,
                        nproc=1, world_size=-1, ip="localhost", port="5678", group_offset=0, callback_fn=None,
-                       test=True):
+                       test=True, resume_file=None):
     """Train ``model`` on ``dataset`` and evaluate it on the test split.
 
     Args:
@@ -46,6 +47,8 @@ def run_recbole_diffgm(model=None, dataset=None, config_file_list=None, config_d
             processes in all, rank 0 reachable at ``ip:port``, this machine's first rank ``group_offset``.
         callback_fn (callable): ``callback_fn(epoch, valid_score)`` after every validation (RecBole's).
         test (bool): evaluate the test split; ``False`` for searches, which select on validation alone.
+        resume_file (str): continue an interrupted run from its ``<best checkpoint>-resume.pth`` (written at
+            the start of every epoch), with that run's config; ``model``, ``dataset`` and the configs are ignored.
 
     Returns:
         dict: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``,
@@ -54,7 +57,7 @@ def run_recbole_diffgm(model=None, dataset=None, config_file_list=None, config_d
         processes, rank 0's.
     """
     if nproc == 1 and world_size <= 0:
-        return _run(model, dataset, config_file_list, config_dict, saved, callback_fn, test)
+        return _run(model, dataset, config_file_list, config_dict, saved, callback_fn, test, resume_file)
     distributed = {"world_size": nproc if world_size == -1 else world_size, "ip": ip, "port": str(port),
                    "nproc": nproc, "offset": group_offset}
     # RecBole's init_logger creates ./log/<model>/ unless it exists, a race between the processes.
@@ -74,8 +77,13 @@ def _run_rank(local_rank, model, dataset, config_file_list, config_dict, saved, 
     torch.distributed.destroy_process_group()
 
 
-def _run(model, dataset, config_file_list, config_dict, saved, callback_fn=None, test=True):
-    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+def _run(model, dataset, config_file_list, config_dict, saved, callback_fn=None, test=True, resume_file=None):
+    if resume_file:
+        if not Path(resume_file).is_file():
+            raise InputError(f"resume file not found: {resume_file}")
+        config = load_checkpoint(resume_file)["config"]
+    else:
+        config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -92,6 +100,8 @@ def _run(model, dataset, config_file_list, config_dict, saved, callback_fn=None,
     logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    if resume_file:
+        trainer.resume_checkpoint(resume_file)
     start = time.perf_counter()
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"], callback_fn=callback_fn
@@ -153,11 +163,18 @@ def load_data_and_model(model_file, config_overrides=None):
     config = checkpoint["config"]
     for key, value in (config_overrides or {}).items():
         config[key] = value
+    # A run saved by an older version lacks the keys added since: they take today's defaults.
+    defaults = Config(config["model"], config["dataset"], config_dict={"data_path": str(Path(config["data_path"]).parent)})
+    missing = sorted(set(defaults.final_config_dict) - set(config.final_config_dict))
+    for key in missing:
+        config[key] = defaults[key]
     if not config["single_spec"]:
         config["single_spec"], config["local_rank"] = True, 0
         config["device"] = torch.device("cuda" if torch.cuda.is_available() and config["use_gpu"] else "cpu")
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
+    if missing:
+        getLogger().warning(f"{model_file} predates the config keys {', '.join(missing)}; they take their defaults")
     dataset = create_dataset(config)
     getLogger().info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)

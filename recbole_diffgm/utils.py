@@ -92,6 +92,19 @@ def create_dataset(config, dataset_class=None):
     back when its settings, and here also its semantic IDs, are still those of ``config``.
     """
     ensure_dataset(config)
+    try:
+        return _build_dataset(config, dataset_class)
+    except ValueError as error:
+        if "Some feat is empty" not in str(error):  # RecBole's words for "filtering left nothing"
+            raise
+        filters = {key: config[key] for key in ("user_inter_num_interval", "item_inter_num_interval", "val_interval",
+                                                  "rm_dup_inter") if config[key] is not None}
+        raise InputError(f"dataset '{config['dataset']}': no interactions are left after filtering "
+                         f"({', '.join(f'{key} {value}' for key, value in filters.items())}); loosen these settings"
+                         ) from None
+
+
+def _build_dataset(config, dataset_class):
     dataset_class = dataset_class or getattr(get_model(config["model"]), "dataset_class", None)
     if dataset_class is None:
         return recbole.data.create_dataset(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import difflib
 import logging
 from pathlib import Path
 
@@ -28,10 +29,13 @@ def ensure_dataset(config) -> None:
     if not (dataset_dir / f"{name}.inter").is_file() and name in amazon.CATEGORIES:
         amazon.prepare(name, dataset_dir, config["amazon_raw_url"])
     if (dataset_dir / f"{name}.inter").is_file():
+        load_col = config["load_col"] or {}
         for suffix in ("inter", "item"):
-            check_float_fields(dataset_dir / f"{name}.{suffix}", config["field_separator"])
-        load_col = config["load_col"]
-        if config["filter_inter_by_user_or_item"] and (load_col is None or "item" in load_col):
+            path = dataset_dir / f"{name}.{suffix}"
+            if path.is_file():
+                check_atomic_file(path, config["field_separator"], required_fields(config, suffix))
+                check_float_fields(path, config["field_separator"])
+        if config["filter_inter_by_user_or_item"] and (not load_col or "item" in load_col):
             report_items_without_rows(dataset_dir, name, config["ITEM_ID_FIELD"], config["field_separator"])
         return
     available = local_datasets(dataset_dir.parent)
@@ -40,6 +44,57 @@ def ensure_dataset(config) -> None:
         f"available in {dataset_dir.parent}: {', '.join(available) or 'none'}; "
         f"made on first use from the Amazon 2014 raw files: {', '.join(amazon.CATEGORIES)}"
     )
+
+
+ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
+def required_fields(config, suffix: str) -> list[str]:
+    """The columns a run reads from ``<dataset>.<suffix>``: its ``load_col`` entry, or the id fields."""
+    load_col = config["load_col"]
+    if load_col:
+        return list(load_col.get(suffix, []))
+    return [config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]] if suffix == "inter" else [config["ITEM_ID_FIELD"]]
+
+
+def check_atomic_file(path: Path, separator: str, required: list[str]) -> None:
+    """Raise, naming the file, line and column, if ``path`` is not a well-formed atomic file with ``required``
+    columns: UTF-8, a header of distinct ``name:type`` columns, and as many fields on every line.
+
+    RecBole would fail later with a pandas or key error that names neither the file nor the line.
+    """
+    data = path.read_bytes()
+    if not data.strip():
+        raise InputError(f"{path}: empty file; an atomic file starts with a header of name:type columns")
+    lines = data.split(b"\n")
+    for number, raw in enumerate(lines, start=1):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise InputError(f"{path}, line {number}: not UTF-8 (byte 0x{raw[error.start]:02x} at column "
+                             f"{error.start + 1}); save the file as UTF-8") from None
+    header = lines[0].decode("utf-8").rstrip("\r").split(separator)
+    for column in header:
+        name, _, kind = column.partition(":")
+        if not kind:
+            raise InputError(f"{path}: header column '{column}' has no type; write it as name:type "
+                             f"({', '.join(ATOMIC_TYPES)})")
+        if kind not in ATOMIC_TYPES:
+            raise InputError(f"{path}: header column '{column}' has an unknown type '{kind}'; use one of "
+                             f"{', '.join(ATOMIC_TYPES)}")
+        if sum(other.partition(":")[0] == name for other in header) > 1:
+            raise InputError(f"{path}: column '{name}' appears more than once in the header")
+    names = [column.partition(":")[0] for column in header]
+    for field in required:
+        if field not in names:
+            close = difflib.get_close_matches(field, names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise InputError(f"{path}: no column '{field}' (columns: {', '.join(header)}){hint}")
+    separator_bytes = separator.encode()
+    for number, raw in enumerate(lines[1:], start=2):
+        fields = raw.rstrip(b"\r").count(separator_bytes) + 1
+        if raw.strip() and fields != len(header):
+            raise InputError(f"{path}, line {number}: {fields} fields, but the header has {len(header)}")
 
 
 def read_header(path: Path, separator: str = "\t") -> list[str]:

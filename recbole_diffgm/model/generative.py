@@ -43,6 +43,11 @@ class GenerativeRecommender(SequentialRecommender):
         # Codes per digit; a disambiguation digit (sid_collision: disambiguate) may need more than codebook_size.
         self.n_codes = max(config["codebook_size"], int(item_sid.max()) + 1)
         self.beam_size = config["test_beam_size"]  # GenerativeTrainer validates with valid_beam_size
+        largest_k = max(config["topk"])
+        for key in ("valid_beam_size", "test_beam_size"):
+            if not (isinstance(config[key], int) and config[key] >= largest_k):
+                raise InputError(f"{key} {config[key]!r} is smaller than the largest topk {largest_k}: the beam must "
+                                 "reach at least as many SIDs as the metrics rank")
         self.eval_level = config_choice(config, "eval_level", ("item", "sid"))
         # "none" (duplicate SIDs kept in a list) exists only for generate(): a score per item cannot repeat one.
         self.dedup_strategy = config_choice(config, "dedup_strategy", ("simple", "weighted"))

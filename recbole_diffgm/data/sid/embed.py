@@ -65,7 +65,8 @@ def save_array(path: Path, array: np.ndarray, key: str) -> None:
 
 
 def load_array(path: Path, key: str) -> np.ndarray | None:
-    """The cached array if ``path`` holds an intact one for ``key``; ``None`` (and a warning) otherwise."""
+    """The cached array if ``path`` holds an intact one for ``key``; ``None`` (and a warning) if it is missing or
+    damaged, so that it is rebuilt. An intact file of another key is an error, and stays as it is."""
     if not path.is_file():
         return None
     try:
@@ -74,9 +75,12 @@ def load_array(path: Path, key: str) -> np.ndarray | None:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         logger.warning(f"{path}: unreadable cache ({error}); rebuilding it")
         return None
-    if stored_key != key or _checksum(array) != checksum:
-        logger.warning(f"{path}: cache does not match its key or checksum; rebuilding it")
+    if _checksum(array) != checksum:
+        logger.warning(f"{path}: cache does not match its checksum; rebuilding it")
         return None
+    if stored_key != key:  # an intact cache of other settings: someone else's result, not ours to overwrite
+        raise InputError(f"{path}: a cache written for other settings (key {stored_key[:12]}..., this run's "
+                         f"{key[:12]}...); move it away or set sid_cache_dir to another folder")
     return array
 
 

@@ -1,0 +1,326 @@
+"""Training and decoding speed and memory of DiffGM and TIGER on a real dataset, against the FLOP floor.
+
+    python benchmarks/speed.py --dataset=amazon-beauty --checkpoint=<a trained DiffGM .pth> [--threads=2]
+
+Each figure comes from a fresh process, so its peak memory (RSS) is that figure's alone. The models run at their
+recipe sizes (``properties/model/DiffGM.yaml``, ``TIGER.yaml``) with untrained weights: the work per row and
+per beam does not depend on the weights. Training: rows per second over ``--train_steps`` optimizer steps after
+one warm-up step. Decoding: milliseconds per test user, batches of ``--decode_batch`` users, after one warm-up
+batch. FLOPs are counted by ``torch.utils.flop_counter`` (matrix products and attention); the floor is those
+FLOPs at the fp32 matrix-multiply rate measured here. With ``--checkpoint``, the decoding modes of that trained
+DiffGM are compared on the first ``--quality_users`` test users: item-level NDCG@10 / Recall@10 (RecBole's full
+ranking) against decode time. Writes ``--out`` (markdown) with the command at the top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from sid_build import machine  # a sibling script
+from torch.utils.flop_counter import FlopCounterMode
+
+# The published DiffGRM code on a 2-core CPU of this kind, 2 threads (issue 7); decode at batch 32.
+REFERENCE = {
+    ("DiffGM", "train rows/s"): 57.9,
+    ("DiffGM", "train peak GB"): 11.5,
+    ("DiffGM", "decode ms/user @32"): 73.2,
+    ("DiffGM", "decode ms/user @256"): 816.0,
+    ("DiffGM", "decode peak GB @256"): 15.6,
+    ("SID", "embedding s"): 120.0,
+    ("SID", "opq s"): 45.0,
+}
+BEAMS = (32, 128, 256)
+MODES = [  # (label, config overrides, beam)
+    ("CPD, beam 256", {}, 256),
+    ("CPD, beam 128", {}, 128),
+    ("CPD, beam 64", {}, 64),
+    ("CPD, beam 32", {}, 32),
+    ("CPD, beam 256, 2 passes", {"decode_passes": 2}, 256),
+    ("CPD, beam 32, 2 passes", {"decode_passes": 2}, 32),
+    ("one pass", {"decode_mode": "one_pass"}, 32),
+    ("one pass + CPD re-rank of top 16", {"decode_mode": "one_pass", "rerank_size": 16}, 32),
+    ("one pass + CPD re-rank of top 32", {"decode_mode": "one_pass", "rerank_size": 32}, 32),
+    ("one pass + CPD re-rank of top 64", {"decode_mode": "one_pass", "rerank_size": 64}, 32),
+]
+
+
+def peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def build(model_name: str, dataset: str, overrides: dict):
+    from recbole.data import data_preparation
+
+    from recbole_diffgm import Config, create_dataset, get_model
+
+    config = Config(model_name, dataset, config_dict={"show_progress": False, "state": "WARNING", **overrides})
+    train, _, test = data_preparation(config, create_dataset(config))
+    torch.manual_seed(0)
+    return config, get_model(model_name)(config, train._dataset), train, test
+
+
+def profile_table(work) -> str:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        work()
+    return profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=45)
+
+
+def measure_matmul(_args) -> dict:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    start, repeats = time.perf_counter(), 10
+    for _ in range(repeats):
+        a @ b
+    return {"gflops": 2 * 2048**3 * repeats / (time.perf_counter() - start) / 1e9}
+
+
+def measure_train(args) -> dict:
+    config, model, train, _ = build(args.model, args.dataset, {})
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batches = iter(train)
+
+    def step(batch) -> None:
+        loss = model.calculate_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    model.train()
+    step(next(batches))  # warm-up
+    with FlopCounterMode(display=False) as counter:
+        batch = next(batches)
+        step(batch)
+    flops_per_row = counter.get_total_flops() / len(batch)
+    rows, start = 0, time.perf_counter()
+    for _ in range(args.train_steps):
+        batch = next(batches)
+        step(batch)
+        rows += len(batch)
+    seconds = time.perf_counter() - start
+    table = profile_table(lambda: step(next(batches)))
+    return {"rows_per_s": rows / seconds, "seconds_per_step": seconds / args.train_steps,
+            "batch": config["train_batch_size"], "flops_per_row": flops_per_row, "peak_gb": peak_gb(),
+            "profile": table}
+
+
+def test_batches(test, users: int, batch_size: int):
+    """The first ``users`` test users, ``batch_size`` at a time, as ``(interaction, target items)``."""
+    taken = 0
+    for interaction, _, _, positive_i in test:
+        for start in range(0, len(interaction), batch_size):
+            if taken >= users:
+                return
+            part = interaction[start: start + batch_size]
+            taken += len(part)
+            yield part, positive_i[start: start + batch_size]
+
+
+@torch.no_grad()
+def measure_decode(args) -> dict:
+    _, model, _, test = build(args.model, args.dataset, {"eval_batch_size": 512})
+    model.eval()
+    batches = [part for part, _ in test_batches(test, args.decode_users + args.decode_batch, args.decode_batch)]
+    model.decode(batches[0][model.ITEM_SEQ], args.beam)  # warm-up
+    with FlopCounterMode(display=False) as counter:
+        model.decode(batches[1][model.ITEM_SEQ], args.beam)
+    flops_per_user = counter.get_total_flops() / len(batches[1])
+    users, start = 0, time.perf_counter()
+    for batch in batches[1:]:
+        model.decode(batch[model.ITEM_SEQ], args.beam)
+        users += len(batch)
+    seconds = time.perf_counter() - start
+    result = {"ms_per_user": 1000 * seconds / users, "flops_per_user": flops_per_user, "peak_gb": peak_gb()}
+    if args.beam == BEAMS[0]:
+        result["profile"] = profile_table(lambda: model.decode(batches[1][model.ITEM_SEQ], args.beam))
+    return result
+
+
+@torch.no_grad()
+def measure_quality(args) -> dict:
+    from recbole_diffgm import load_data_and_model
+
+    _, model, _, _, _, test = load_data_and_model(args.checkpoint, {"eval_batch_size": 512, "state": "WARNING"})
+    model.eval()
+    batches = list(test_batches(test, args.quality_users, args.decode_batch))
+    rows = []
+    for label, overrides, beam in MODES:  # each mode sets the model's own decoding fields
+        model.decode_mode, model.decode_passes, model.rerank_size = "cpd", model.n_slots, 0
+        for key, value in overrides.items():
+            setattr(model, key, value)
+        model.beam_size = beam
+        ndcg = recall = 0.0
+        seconds = 0.0
+        for interaction, target in batches:
+            start = time.perf_counter()
+            scores = model.full_sort_predict(interaction)
+            seconds += time.perf_counter() - start
+            # RecBole's full ranking of a sequential model: every item but the padding, the history included.
+            rank = (scores > scores.gather(1, target[:, None])).sum(dim=1)
+            hit = rank < 10
+            recall += hit.sum().item()
+            ndcg += (hit / torch.log2(rank.float() + 2)).sum().item()
+        users = sum(len(target) for _, target in batches)
+        rows.append({"mode": label, "beam": beam, "ndcg@10": ndcg / users, "recall@10": recall / users,
+                     "ms_per_user": 1000 * seconds / users, "users": users})
+    return {"modes": rows}
+
+
+def run_phase(args, phase: str, **extra) -> dict:
+    """One measurement in a fresh process (its own peak memory); its JSON result."""
+    command = [sys.executable, __file__, f"--phase={phase}", f"--dataset={args.dataset}", f"--threads={args.threads}",
+               f"--train_steps={args.train_steps}", f"--decode_users={args.decode_users}",
+               f"--decode_batch={args.decode_batch}", f"--quality_users={args.quality_users}",
+               *(f"--{key}={value}" for key, value in extra.items())]
+    if args.checkpoint:
+        command.append(f"--checkpoint={args.checkpoint}")
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run([*command, f"--json={out.name}"], check=True)
+        return json.loads(Path(out.name).read_text())
+
+
+def ratio_row(model: str, figure: str, ours: float, better: str) -> str:
+    reference = REFERENCE.get((model, figure))
+    if reference is None:
+        return f"| {model} | {figure} | {ours:,.1f} | | |"
+    ratio = ours / reference if better == "higher" else reference / ours
+    return f"| {model} | {figure} | {ours:,.1f} | {reference:,.1f} | {ratio:.2f}x |"
+
+
+def report(args, results: dict) -> str:
+    gflops = results["matmul"]["gflops"]
+    lines = [
+        "# Speed and memory",
+        "",
+        f"Command: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`  ",
+        f"Machine: {machine()}; {args.threads} threads  ",
+        f"fp32 matrix multiply (2048 x 2048 x 2048), measured here: {gflops:,.1f} GFLOP/s",
+        "",
+        "## Against the published DiffGRM code (same machine kind, 2 threads; ratio > 1 = ours better)",
+        "",
+        "| model | figure | ours | reference | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for model in ("DiffGM", "TIGER"):
+        train = results[f"train-{model}"]
+        lines.append(ratio_row(model, "train rows/s", train["rows_per_s"], "higher"))
+        lines.append(ratio_row(model, "train peak GB", train["peak_gb"], "lower"))
+        for beam in BEAMS:
+            decode = results[f"decode-{model}-{beam}"]
+            lines.append(ratio_row(model, f"decode ms/user @{beam}", decode["ms_per_user"], "lower"))
+            lines.append(ratio_row(model, f"decode peak GB @{beam}", decode["peak_gb"], "lower"))
+    if "sid" in results:
+        for figure, seconds in results["sid"].items():
+            lines.append(ratio_row("SID", figure, seconds, "lower"))
+    lines += [
+        "",
+        "## Time over the FLOP floor",
+        "",
+        "| model | work | GFLOPs | floor (ms) | measured (ms) | measured / floor |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model in ("DiffGM", "TIGER"):
+        train = results[f"train-{model}"]
+        flops = train["flops_per_row"] * train["batch"]
+        lines.append(f"| {model} | training step, {train['batch']} rows | {flops / 1e9:,.2f} | "
+                     f"{flops / gflops / 1e6:,.0f} | {1000 * train['seconds_per_step']:,.0f} | "
+                     f"{1000 * train['seconds_per_step'] / (flops / gflops / 1e6):.1f} |")
+        for beam in BEAMS:
+            decode = results[f"decode-{model}-{beam}"]
+            floor = decode["flops_per_user"] / gflops / 1e6
+            lines.append(f"| {model} | decode one user, beam {beam} | {decode['flops_per_user'] / 1e9:,.3f} | "
+                         f"{floor:,.2f} | {decode['ms_per_user']:,.1f} | {decode['ms_per_user'] / floor:.1f} |")
+    if "quality" in results:
+        modes = results["quality"]["modes"]
+        base = modes[0]
+        lines += [
+            "",
+            (f"## Decoding modes: quality against time ({Path(args.checkpoint).name}, first {base['users']:,} test "
+             "users, item level)"),
+            "",
+            "| mode | NDCG@10 | vs CPD-256 | Recall@10 | ms/user | speed-up vs CPD-256 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for mode in modes:
+            lines.append(f"| {mode['mode']} | {mode['ndcg@10']:.4f} | {mode['ndcg@10'] / base['ndcg@10'] - 1:+.1%} | "
+                         f"{mode['recall@10']:.4f} | {mode['ms_per_user']:.2f} | "
+                         f"{base['ms_per_user'] / mode['ms_per_user']:.1f}x |")
+    for name, key in (("training step", "train-DiffGM"), ("decode batch, beam 32", f"decode-DiffGM-{BEAMS[0]}"),
+                      ("TIGER training step", "train-TIGER"), ("TIGER decode batch, beam 32", f"decode-TIGER-{BEAMS[0]}")):
+        lines += ["", f"## Profile: {name} (self CPU time)", "", "```", results[key]["profile"].strip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+@torch.no_grad()
+def measure_sid(args) -> dict:
+    from recbole_diffgm import Config, create_dataset
+    from recbole_diffgm.data.dataset import SIDDataset
+    from recbole_diffgm.data.sid import SIDSettings, build_sids
+    from recbole_diffgm.data.sid.embed import embed_texts
+
+    cache = Path(tempfile.mkdtemp(prefix="sid-speed-"))
+    config = Config("DiffGM", args.dataset, config_dict={"sid_cache_dir": str(cache / "first"), "state": "WARNING",
+                                                         "show_progress": False})
+    texts = create_dataset(config, SIDDataset).item_texts(config).texts
+    start = time.perf_counter()
+    embed_texts(texts, config["sent_emb_model"], config["sent_emb_batch_size"], config["sent_emb_device"],
+                cache / "timed", show_progress=False)
+    result = {"embedding s": time.perf_counter() - start}
+    for quantizer, model in (("opq", "DiffGM"), ("rq_vae", "TIGER")):
+        settings = SIDSettings.from_config(Config(model, args.dataset, config_dict={"sid_cache_dir": str(cache / model)}))
+        settings.cache_dir.mkdir(parents=True)
+        for entry in (cache / "timed").glob("emb-*.npz"):  # the embeddings are timed above
+            (settings.cache_dir / entry.name).write_bytes(entry.read_bytes())
+        result[f"{quantizer} s"] = build_sids(texts, settings, show_progress=False).seconds["quantizer"]
+    return result
+
+
+PHASES = {"matmul": measure_matmul, "train": measure_train, "decode": measure_decode, "quality": measure_quality,
+          "sid": measure_sid}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="amazon-beauty")
+    parser.add_argument("--checkpoint", help="a trained DiffGM run, for the decoding-modes table")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--train_steps", type=int, default=5)
+    parser.add_argument("--decode_users", type=int, default=64)
+    parser.add_argument("--decode_batch", type=int, default=32)
+    parser.add_argument("--quality_users", type=int, default=1000)
+    parser.add_argument("--skip_sid", action="store_true", help="do not time the semantic-ID build")
+    parser.add_argument("--out", default="results/speed.md")
+    parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--beam", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--json", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.phase:
+        Path(args.json).write_text(json.dumps(PHASES[args.phase](args)))
+        return
+
+    results = {"matmul": run_phase(args, "matmul")}
+    for model in ("DiffGM", "TIGER"):
+        results[f"train-{model}"] = run_phase(args, "train", model=model)
+        for beam in BEAMS:
+            results[f"decode-{model}-{beam}"] = run_phase(args, "decode", model=model, beam=beam)
+    if args.checkpoint:
+        results["quality"] = run_phase(args, "quality")
+    if not args.skip_sid:
+        results["sid"] = run_phase(args, "sid")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1))
+    Path(args.out).write_text(report(args, results))
+    print(report(args, results))  # a script's report, not library logging
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Reproducibility and resuming: the same seed gives the same run, and a killed run continues to the same end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import NAME
+
+from recbole_diffgm import run_recbole_diffgm
+from recbole_diffgm.compat import load_checkpoint, resume_file_of
+from recbole_diffgm.errors import InputError
+
+
+def run_config(tiny_config, tmp_path, name: str) -> dict:
+    return {**tiny_config, "checkpoint_dir": str(tmp_path / name), "sid_cache_dir": str(tmp_path / "sid_cache"),
+            "epochs": 6, "eval_step": 1, "stopping_step": 10, "warmup_steps": 4, "learning_rate": 0.01}
+
+
+def weights(model_file) -> dict[str, torch.Tensor]:
+    return load_checkpoint(model_file)["state_dict"]
+
+
+def test_the_same_seed_gives_the_same_run(tiny_config, tmp_path):
+    first = run_recbole_diffgm("DiffGM", NAME, config_dict=run_config(tiny_config, tmp_path, "first"))
+    second = run_recbole_diffgm("DiffGM", NAME, config_dict=run_config(tiny_config, tmp_path, "second"))
+    assert first["test_result"] == second["test_result"] and first["best_valid_result"] == second["best_valid_result"]
+    assert any(value > 0 for value in first["test_result"].values())
+    for name, tensor in weights(first["model_file"]).items():
+        assert torch.equal(tensor, weights(second["model_file"])[name]), name
+    assert not resume_file_of(first["model_file"]).exists()  # a finished run leaves nothing to resume
+
+
+def test_a_killed_run_resumes_to_the_same_end(tiny_config, tmp_path, caplog):
+    uninterrupted = run_recbole_diffgm("DiffGM", NAME, config_dict=run_config(tiny_config, tmp_path, "whole"))
+
+    config = run_config(tiny_config, tmp_path, "killed")
+    script = ("import json, sys\nfrom recbole_diffgm import run_recbole_diffgm\n"
+              f"run_recbole_diffgm('DiffGM', {NAME!r}, config_dict=json.loads(sys.argv[1]))")
+    process = subprocess.Popen([sys.executable, "-c", script, json.dumps(config)], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        if list((tmp_path / "killed").glob("*-resume.pth")):  # an epoch has finished
+            process.kill()
+            break
+        time.sleep(0.005)
+    assert process.wait() == -9, "the run finished before it could be killed"
+    assert not list((tmp_path / "killed").glob(".*"))  # no partial file was left to be loaded
+
+    (resume_file,) = (tmp_path / "killed").glob("*-resume.pth")
+    resumed_from = load_checkpoint(resume_file)["epoch"] + 1
+    with caplog.at_level("INFO"):
+        resumed = run_recbole_diffgm(resume_file=str(resume_file))
+    assert f"Resume training from epoch {resumed_from}" in caplog.text and 1 <= resumed_from < config["epochs"]
+    assert resumed["test_result"] == uninterrupted["test_result"]
+    assert resumed["best_valid_result"] == uninterrupted["best_valid_result"]
+    for name, tensor in weights(uninterrupted["model_file"]).items():
+        assert torch.equal(tensor, weights(resumed["model_file"])[name]), name
+    assert not resume_file.exists()
+
+
+def test_a_missing_resume_file_is_named(tmp_path):
+    with pytest.raises(InputError, match="resume file not found: nowhere-resume.pth"):
+        run_recbole_diffgm(resume_file="nowhere-resume.pth")
