@@ -38,12 +38,14 @@ REFERENCE = {
     ("SID", "opq s"): 45.0,
 }
 BEAMS = (32, 128, 256)
-MODES = [  # (label, config overrides, beam)
+MODES = [  # (label, model fields, beam)
     ("CPD, beam 256", {}, 256),
     ("CPD, beam 128", {}, 128),
     ("CPD, beam 64", {}, 64),
     ("CPD, beam 32", {}, 32),
+    ("CPD, beam 16", {}, 16),
     ("CPD, beam 256, 2 passes", {"decode_passes": 2}, 256),
+    ("CPD, beam 64, 2 passes", {"decode_passes": 2}, 64),
     ("CPD, beam 32, 2 passes", {"decode_passes": 2}, 32),
     ("one pass", {"decode_mode": "one_pass"}, 32),
     ("one pass + CPD re-rank of top 16", {"decode_mode": "one_pass", "rerank_size": 16}, 32),

@@ -27,6 +27,12 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
                         help="continue an interrupted run from its <checkpoint_dir>/<run>-resume.pth, with that run's config")
     parser.add_argument("--build_sids", action="store_true",
                         help="only build (or load) the semantic IDs of --dataset and report them; no training")
+    serve = parser.add_argument_group("recommend from a saved run (--recommend=saved/<run>.pth)")
+    serve.add_argument("--recommend", default=None, metavar="FILE", help="a saved run to recommend with")
+    serve.add_argument("--history", default="", help="comma-separated raw item ids, oldest first")
+    serve.add_argument("--top_k", type=int, default=10, help="items to recommend (default: %(default)s)")
+    serve.add_argument("--unknown_items", default="skip", choices=("skip", "error"),
+                       help="history ids the run does not know: skip them with a warning, or stop (default: skip)")
     benchmark = parser.add_argument_group("benchmark (--model=A,B,...)")
     benchmark.add_argument("--seeds", default=None, help="comma-separated seeds; the table shows mean ± std")
     benchmark.add_argument("--results_dir", default="results", help="where the tables go (default: %(default)s)")
@@ -66,7 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         from recbole_diffgm.quick_start import build_item_sids, run_recbole_diffgm
 
         models = [name for name in args.model.split(",") if name]
-        if args.params_file:
+        if args.recommend:
+            from recbole_diffgm.recommend import recommend
+
+            history = [item for item in args.history.split(",") if item]
+            for rank, item in enumerate(recommend(args.recommend, history, args.top_k, args.unknown_items), start=1):
+                print(f"{rank}\t{item.item_id}\t{item.score:.4f}\t{item.title}")
+        elif args.params_file:
             from recbole_diffgm.tuning import run_search
 
             run_search(args.model, args.dataset, args.params_file, config_files, overrides, args.num_samples,

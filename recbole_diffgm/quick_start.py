@@ -175,7 +175,7 @@ def load_data_and_model(model_file, config_overrides=None):
     init_logger(config)
     if missing:
         getLogger().warning(f"{model_file} predates the config keys {', '.join(missing)}; they take their defaults")
-    dataset = create_dataset(config)
+    dataset = create_dataset(config, sid_catalogue=(checkpoint.get("other_parameter") or {}).get("sid_catalogue"))
     getLogger().info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)
 

@@ -18,9 +18,9 @@ import recbole.utils
 from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils.argument_list import dataset_arguments
 
-from recbole_diffgm.compat import CheckpointCompatMixin
 from recbole_diffgm.data.catalog import ensure_dataset
 from recbole_diffgm.errors import InputError
+from recbole_diffgm.trainer import PluginTrainerMixin
 
 _RECBOLE_MODEL_PACKAGES = (
     "general_recommender",
@@ -74,7 +74,7 @@ def get_model(model_name: str) -> type[AbstractRecommender]:
 
 @functools.cache
 def _with_checkpoint_compat(trainer_class: type) -> type:
-    return type(trainer_class.__name__, (CheckpointCompatMixin, trainer_class), {})
+    return type(trainer_class.__name__, (PluginTrainerMixin, trainer_class), {})
 
 
 def get_trainer(model_type, model_name: str) -> type:
@@ -84,16 +84,17 @@ def get_trainer(model_type, model_name: str) -> type:
     return trainer_class or _with_checkpoint_compat(recbole.utils.get_trainer(model_type, model_name))
 
 
-def create_dataset(config, dataset_class=None):
+def create_dataset(config, dataset_class=None, sid_catalogue=None):
     """The dataset for ``config``, after checking (or preparing) its atomic files.
 
     ``dataset_class`` defaults to the model's ``dataset_class`` attribute (this plugin's models that read
     semantic IDs), else RecBole's choice. As in RecBole, a dataset saved with ``save_dataset`` is loaded
-    back when its settings, and here also its semantic IDs, are still those of ``config``.
+    back when its settings, and here also its semantic IDs, are still those of ``config``. ``sid_catalogue``:
+    the SIDs a trained model knows, kept for its items and extended to new ones (``SIDDataset``).
     """
     ensure_dataset(config)
     try:
-        return _build_dataset(config, dataset_class)
+        return _build_dataset(config, dataset_class, sid_catalogue)
     except ValueError as error:
         if "Some feat is empty" not in str(error):  # RecBole's words for "filtering left nothing"
             raise
@@ -104,10 +105,12 @@ def create_dataset(config, dataset_class=None):
                          ) from None
 
 
-def _build_dataset(config, dataset_class):
+def _build_dataset(config, dataset_class, sid_catalogue):
     dataset_class = dataset_class or getattr(get_model(config["model"]), "dataset_class", None)
     if dataset_class is None:
         return recbole.data.create_dataset(config)
+    if sid_catalogue is not None:
+        return dataset_class(config, sid_catalogue)
     default_file = Path(config["checkpoint_dir"]) / f"{config['dataset']}-{dataset_class.__name__}.pth"
     saved_file = Path(config["dataset_save_path"] or default_file)
     if saved_file.is_file():

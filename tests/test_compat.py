@@ -12,12 +12,12 @@ import torch
 
 from recbole_diffgm import run_recbole_diffgm
 from recbole_diffgm.compat import (
-    CheckpointCompatMixin,
     load_checkpoint,
     ray_worker_setup,
     restore_numpy_aliases,
 )
 from recbole_diffgm.config import Config
+from recbole_diffgm.trainer import PluginTrainerMixin
 from recbole_diffgm.utils import create_dataset, get_model, get_trainer
 
 
@@ -66,7 +66,7 @@ def test_trainer_resumes_from_its_checkpoint(fast_config):
     dataset = create_dataset(config)
     model = get_model("SASRec")(config, dataset)
     trainer = get_trainer(config["MODEL_TYPE"], "SASRec")(config, model)
-    assert isinstance(trainer, CheckpointCompatMixin)
+    assert isinstance(trainer, PluginTrainerMixin)
     trainer.resume_checkpoint(result["model_file"])
     saved = load_checkpoint(result["model_file"])
     assert trainer.start_epoch == saved["epoch"] + 1

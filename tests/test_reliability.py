@@ -12,8 +12,9 @@ import torch
 from conftest import NAME
 
 from recbole_diffgm import run_recbole_diffgm
-from recbole_diffgm.compat import load_checkpoint, resume_file_of
+from recbole_diffgm.compat import load_checkpoint
 from recbole_diffgm.errors import InputError
+from recbole_diffgm.trainer import resume_file_of
 
 
 def run_config(tiny_config, tmp_path, name: str) -> dict:

@@ -10,7 +10,9 @@ import torch
 from recbole.data.dataset import SequentialDataset
 
 from recbole_diffgm.data import item_text
-from recbole_diffgm.data.sid import SIDSettings, build_sids
+from recbole_diffgm.data.sid import SIDSettings, build_sids, encode_new_items
+from recbole_diffgm.data.sid.collisions import collision_report
+from recbole_diffgm.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +31,13 @@ class SIDDataset(SequentialDataset):
             ``sid_collision: disambiguate``.
         sid_report (CollisionReport): unique SIDs, colliding items, code usage (before the collision policy).
         sid_key (str): digest of everything that determined the codes (texts, text model, quantizer, policy).
+
+    With ``sid_catalogue`` (a trained model's ``{"key", "tokens", "codes"}``: the SIDs it was trained on), the
+    items of that catalogue keep their SIDs, and items added to the ``.item`` file since get theirs from their
+    text with the quantizer fitted then (``encode_new_items``): a trained model can recommend new items.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, sid_catalogue: dict | None = None):
         super().__init__(config)
         settings = SIDSettings.from_config(config)
         text = self.item_texts(config)
@@ -44,12 +50,37 @@ class SIDDataset(SequentialDataset):
             logger.warning(f"{text.fallback_items:,} items have no usable text in {list(config['item_text_fields'])}; "
                            "their text is 'Item: <item id>.'")
 
-        result = build_sids(text.texts, settings, show_progress=config["show_progress"])
-        padding = np.full((1, result.codes.shape[1]), PADDING_CODE)
-        self.item_sid = torch.from_numpy(np.concatenate([padding, result.codes]))
-        self.sid_report = result.report
-        self.sid_key = result.key
-        logger.info(f"semantic IDs ({settings.sid_quantizer}): {result.report}")
+        if sid_catalogue is None:
+            result = build_sids(text.texts, settings, show_progress=config["show_progress"])
+            codes, self.sid_report, self.sid_key = result.codes, result.report, result.key
+        else:
+            codes = self._extend_catalogue(config, settings, text.texts, sid_catalogue)
+            self.sid_report, self.sid_key = collision_report(codes[:, :settings.quantizer.n_digit]), sid_catalogue["key"]
+        padding = np.full((1, codes.shape[1]), PADDING_CODE)
+        self.item_sid = torch.from_numpy(np.concatenate([padding, codes]))
+        logger.info(f"semantic IDs ({settings.sid_quantizer}): {self.sid_report}")
+
+    def _extend_catalogue(self, config, settings: SIDSettings, texts: list[str], catalogue: dict) -> np.ndarray:
+        """Codes of this dataset's items: a catalogue item's own, a new item's from its text."""
+        tokens = list(self.field2id_token[self.iid_field][1:])
+        position = {token: index for index, token in enumerate(catalogue["tokens"])}
+        new = [index for index, token in enumerate(tokens) if token not in position]
+        codes = np.empty((len(tokens), catalogue["codes"].shape[1]), dtype=np.int64)
+        known = [index for index, token in enumerate(tokens) if token in position]
+        codes[known] = catalogue["codes"][[position[tokens[index]] for index in known]]
+        if new:
+            catalogue_texts = item_text.item_texts(
+                Path(config["data_path"]) / f"{self.dataset_name}.item", self.iid_field,
+                dict(config["item_text_fields"]), list(catalogue["tokens"]), config["field_separator"]).texts
+            if settings.codes_key(catalogue_texts) != catalogue["key"]:
+                raise InputError(f"{Path(config['data_path']) / (self.dataset_name + '.item')}: the texts or SID "
+                                 "settings of the items the model was trained on have changed, so new items cannot "
+                                 "get SIDs from the model's quantizer; restore them or retrain")
+            codes[new] = encode_new_items([texts[index] for index in new], catalogue_texts, catalogue["codes"],
+                                          settings, show_progress=config["show_progress"])
+            logger.info(f"{len(new):,} items are new since training: their SIDs come from their text through the "
+                        f"model's {settings.sid_quantizer} quantizer (no refit)")
+        return codes
 
     def item_texts(self, config) -> item_text.ItemTexts:
         item_file = Path(config["data_path"]) / f"{self.dataset_name}.item"

@@ -69,6 +69,11 @@ class GenerativeRecommender(SequentialRecommender):
         # Training popularity breaks ties between items that share a SID (sid_collision: keep).
         popularity = torch.bincount(torch.as_tensor(dataset.inter_feat[self.ITEM_ID]), minlength=self.n_items)
         self.register_buffer("tie_break", popularity.float() / (popularity.max() + 1) * 1e-4, persistent=False)
+        # Saved with the weights (RecBole's other_parameter): a reloaded model keeps the SIDs it was trained on,
+        # and items added later get theirs from the same quantizer (SIDDataset).
+        self.other_parameter_name = ["sid_catalogue"]
+        self.sid_catalogue = {"key": dataset.sid_key, "tokens": list(dataset.field2id_token[self.ITEM_ID][1:]),
+                              "codes": item_sid[1:].numpy()}
 
     def decode(self, item_seq: torch.Tensor, beam_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(codes [B, G, n], scores [B, G], fallback_log_probs [B, n, K])``: beams sorted by score, and the

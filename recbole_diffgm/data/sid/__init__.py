@@ -25,8 +25,10 @@ from recbole_diffgm.data.sid.embed import (
     cache_key,
     embed_texts,
     load_array,
+    load_arrays,
     model_identity,
     save_array,
+    save_arrays,
 )
 from recbole_diffgm.data.sid.quantizers import QuantizerSettings, make_quantizer
 
@@ -105,12 +107,53 @@ def build_sids(texts: list[str], settings: SIDSettings, show_progress: bool = Tr
                              settings.cache_dir, show_progress)
     seconds["embedding"] = time.perf_counter() - start
     start = time.perf_counter()
-    codes = make_quantizer(settings.sid_quantizer, settings.quantizer).quantize(embeddings).astype(np.int64)
+    quantizer = make_quantizer(settings.sid_quantizer, settings.quantizer)
+    codes = quantizer.quantize(embeddings).astype(np.int64)
     seconds["quantizer"] = time.perf_counter() - start
     report = collision_report(codes)
     codes = apply_collision_policy(codes, settings.sid_collision)
+    save_arrays(_quantizer_path(settings, key), quantizer.state, key)
     save_array(path, codes, key)
     logger.info(f"semantic IDs ({settings.sid_quantizer}, {settings.quantizer.n_digit} digits x "
                 f"{settings.quantizer.codebook_size} codes) written to {path} "
                 f"[embedding {seconds['embedding']:.1f} s, quantizer {seconds['quantizer']:.1f} s]")
     return SIDResult(codes, report, key, seconds)
+
+
+def _quantizer_path(settings: SIDSettings, key: str) -> Path:
+    return settings.cache_dir / f"quantizer-{key[:24]}.npz"
+
+
+def encode_new_items(new_texts: list[str], known_texts: list[str], known_codes: np.ndarray,
+                     settings: SIDSettings, show_progress: bool = True) -> np.ndarray:
+    """SIDs for items added after the SIDs of ``known_texts`` were built (``known_codes``), without a refit:
+    each new text through the quantizer fitted on ``known_texts``. Its state comes from the cache, or from the
+    same deterministic fit again when the cache lost it. ``disambiguate`` numbers each new item after the
+    items that already have its SID."""
+    key = settings.codes_key(known_texts)
+    path = _quantizer_path(settings, key)
+    quantizer = make_quantizer(settings.sid_quantizer, settings.quantizer)
+    state = load_arrays(path, key)
+    if state is None:
+        logger.info(f"refitting the {settings.sid_quantizer} quantizer of {len(known_texts):,} items ({path} is missing)")
+        embeddings = embed_texts(known_texts, settings.sent_emb_model, settings.sent_emb_batch_size,
+                                 settings.sent_emb_device, settings.cache_dir, show_progress)
+        quantizer.quantize(embeddings)
+        save_arrays(path, quantizer.state, key)
+    else:
+        quantizer.state = state
+    embeddings = embed_texts(new_texts, settings.sent_emb_model, settings.sent_emb_batch_size, settings.sent_emb_device,
+                             settings.cache_dir, show_progress)
+    codes = quantizer.encode(embeddings).astype(np.int64)
+    if settings.sid_collision == "disambiguate":
+        n_digit = settings.quantizer.n_digit
+        taken: dict[tuple[int, ...], int] = {}
+        for row in known_codes:
+            prefix = tuple(row[:n_digit])
+            taken[prefix] = max(taken.get(prefix, 0), int(row[n_digit]) + 1)
+        index = np.empty((len(codes), 1), dtype=np.int64)
+        for i, row in enumerate(codes):
+            index[i] = taken.get(tuple(row), 0)
+            taken[tuple(row)] = int(index[i, 0]) + 1
+        codes = np.concatenate([codes, index], axis=1)
+    return codes

@@ -52,36 +52,53 @@ def cache_key(texts: list[str], model: str) -> str:
     return digest.hexdigest()
 
 
-def _checksum(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+def _checksum(arrays: dict[str, np.ndarray]) -> str:
+    """One array: the digest of its bytes (the cache format since the first release); several: of each
+    name and its bytes, in name order."""
+    if list(arrays) == ["array"]:
+        return hashlib.sha256(np.ascontiguousarray(arrays["array"]).tobytes()).hexdigest()
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        digest.update(name.encode() + b"\0" + np.ascontiguousarray(arrays[name]).tobytes())
+    return digest.hexdigest()
 
 
-def save_array(path: Path, array: np.ndarray, key: str) -> None:
-    """Write ``array`` with its key and checksum through a temporary file, then rename it into place."""
+def save_arrays(path: Path, arrays: dict[str, np.ndarray], key: str) -> None:
+    """Write ``arrays`` with their key and checksum through a temporary file, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".npz", delete=False) as out:
-        np.savez(out, array=array, key=np.array(key), checksum=np.array(_checksum(array)))
+        np.savez(out, **arrays, key=np.array(key), checksum=np.array(_checksum(arrays)))
     os.replace(out.name, path)
 
 
-def load_array(path: Path, key: str) -> np.ndarray | None:
-    """The cached array if ``path`` holds an intact one for ``key``; ``None`` (and a warning) if it is missing or
+def load_arrays(path: Path, key: str) -> dict[str, np.ndarray] | None:
+    """The cached arrays if ``path`` holds intact ones for ``key``; ``None`` (and a warning) if it is missing or
     damaged, so that it is rebuilt. An intact file of another key is an error, and stays as it is."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as stored:
-            array, stored_key, checksum = stored["array"], str(stored["key"]), str(stored["checksum"])
+            arrays = {name: stored[name] for name in stored.files if name not in ("key", "checksum")}
+            stored_key, checksum = str(stored["key"]), str(stored["checksum"])
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         logger.warning(f"{path}: unreadable cache ({error}); rebuilding it")
         return None
-    if _checksum(array) != checksum:
+    if not arrays or _checksum(arrays) != checksum:
         logger.warning(f"{path}: cache does not match its checksum; rebuilding it")
         return None
     if stored_key != key:  # an intact cache of other settings: someone else's result, not ours to overwrite
         raise InputError(f"{path}: a cache written for other settings (key {stored_key[:12]}..., this run's "
                          f"{key[:12]}...); move it away or set sid_cache_dir to another folder")
-    return array
+    return arrays
+
+
+def save_array(path: Path, array: np.ndarray, key: str) -> None:
+    save_arrays(path, {"array": array}, key)
+
+
+def load_array(path: Path, key: str) -> np.ndarray | None:
+    arrays = load_arrays(path, key)
+    return None if arrays is None else arrays["array"]
 
 
 def embed_texts(texts: list[str], model: str, batch_size: int, device: str | None, cache_dir: Path,

@@ -1,7 +1,8 @@
 """Item embeddings -> semantic IDs: ``n_digit`` codes in ``[0, codebook_size)`` per item.
 
 Every quantizer has one interface, ``quantize(embeddings) -> codes [n_items, n_digit]``, and is
-deterministic under its seed:
+deterministic under its seed. After ``quantize`` its fitted ``state`` (numpy arrays) lets ``encode`` give new
+items codes from their embeddings, as the fitted quantizer would (cold start, no refit):
 
 - ``opq`` (Parallel Semantic Encoding, DiffGRM): PCA to ``sent_emb_pca`` dims with whitening, L2
   normalisation, a learned OPQ rotation, then product quantization: each digit is the nearest of
@@ -30,6 +31,12 @@ logger = logging.getLogger(__name__)
 
 def faiss_has_gpu() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def nearest(data: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """The index of each row's nearest centroid (squared Euclidean distance)."""
+    distances = (centroids**2).sum(1)[None] - 2 * data @ centroids.T
+    return distances.argmin(axis=1)
 
 
 def kmeans(data: np.ndarray, k: int, seed: int, niter: int = 20) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +88,15 @@ class OPQQuantizer:
                 f"sent_emb_pca {dims} is larger than the embeddings allow ({embeddings.shape[1]} dims, "
                 f"{embeddings.shape[0]} items)"
             )
-        reduced = PCA(n_components=dims, whiten=True, svd_solver="full").fit_transform(embeddings)
+        pca = PCA(n_components=dims, whiten=True, svd_solver="full")
+        reduced = pca.fit_transform(embeddings)
+        self.state = {"pca_mean": pca.mean_, "pca_components": pca.components_, "pca_variance": pca.explained_variance_}
+        return (reduced / np.linalg.norm(reduced, axis=1, keepdims=True)).astype(np.float32)
+
+    def _reduce_fitted(self, embeddings: np.ndarray) -> np.ndarray:
+        """``reduce`` with the fitted PCA (sklearn's whitened ``transform``)."""
+        state = self.state
+        reduced = (embeddings - state["pca_mean"]) @ state["pca_components"].T / np.sqrt(state["pca_variance"])
         return (reduced / np.linalg.norm(reduced, axis=1, keepdims=True)).astype(np.float32)
 
     def quantize(self, embeddings: np.ndarray) -> np.ndarray:
@@ -94,15 +109,18 @@ class OPQQuantizer:
         rotation_pq.cp.seed = settings.seed
         rotation.pq = rotation_pq
         rotation.train(data)
+        self.state["rotation"] = faiss.vector_to_array(rotation.A).reshape(data.shape[1], data.shape[1])
         rotated = rotation.apply(data)
         # Final codes: a full k-means per rotated sub-space (standard PQ training), GPU-capable.
-        return np.stack(
-            [
-                kmeans(subspace, settings.codebook_size, settings.seed + digit, settings.kmeans_iterations)[1]
-                for digit, subspace in enumerate(np.split(rotated, settings.n_digit, axis=1))
-            ],
-            axis=1,
-        )
+        fitted = [kmeans(subspace, settings.codebook_size, settings.seed + digit, settings.kmeans_iterations)
+                  for digit, subspace in enumerate(np.split(rotated, settings.n_digit, axis=1))]
+        self.state["centroids"] = np.stack([centroids for centroids, _ in fitted])
+        return np.stack([assignment for _, assignment in fitted], axis=1)
+
+    def encode(self, embeddings: np.ndarray) -> np.ndarray:
+        rotated = self._reduce_fitted(embeddings) @ self.state["rotation"].T
+        return np.stack([nearest(subspace, centroids) for subspace, centroids in
+                         zip(np.split(rotated, self.settings.n_digit, axis=1), self.state["centroids"])], axis=1)
 
 
 class RQKMeansQuantizer:
@@ -113,12 +131,21 @@ class RQKMeansQuantizer:
 
     def quantize(self, embeddings: np.ndarray) -> np.ndarray:
         residual = np.ascontiguousarray(embeddings, dtype=np.float32)
-        codes = []
+        codes, levels = [], []
         for level in range(self.settings.n_digit):
             centroids, assignment = kmeans(residual, self.settings.codebook_size, self.settings.seed + level,
                                            self.settings.kmeans_iterations)
             residual = residual - centroids[assignment]
             codes.append(assignment)
+            levels.append(centroids)
+        self.state = {"centroids": np.stack(levels)}
+        return np.stack(codes, axis=1)
+
+    def encode(self, embeddings: np.ndarray) -> np.ndarray:
+        residual, codes = np.asarray(embeddings, dtype=np.float32), []
+        for centroids in self.state["centroids"]:
+            codes.append(nearest(residual, centroids))
+            residual = residual - centroids[codes[-1]]
         return np.stack(codes, axis=1)
 
 
@@ -129,8 +156,13 @@ class RandomQuantizer:
         self.settings = settings
 
     def quantize(self, embeddings: np.ndarray) -> np.ndarray:
+        self.state = {"seed": np.array(self.settings.seed)}
         generator = np.random.default_rng(self.settings.seed)
         return generator.integers(0, self.settings.codebook_size, size=(len(embeddings), self.settings.n_digit))
+
+    def encode(self, embeddings: np.ndarray) -> np.ndarray:
+        raise InputError("sid_quantizer random: a new item cannot get a SID from its text (random codes carry no "
+                         "text); retrain with the new items")
 
 
 def make_quantizer(name: str, settings: QuantizerSettings):

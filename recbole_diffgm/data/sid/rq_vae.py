@@ -115,8 +115,16 @@ class RQVAEQuantizer:
                 logger.info(f"RQ-VAE epoch {epoch + 1}/{vae_settings.epochs}: loss {total / len(data):.4f}, "
                             f"codes used per digit {[f'{u:.0%}' for u in usage.tolist()]}")
         model.eval()
+        self.state = {name: value.numpy() for name, value in model.state_dict().items()}
         with torch.no_grad():
             return model.quantize(model.encoder(data))[0].numpy()
+
+    @torch.no_grad()
+    def encode(self, embeddings: np.ndarray) -> np.ndarray:
+        model = RQVAE(embeddings.shape[1], self.vae_settings, self.settings.n_digit, self.settings.codebook_size)
+        model.load_state_dict({name: torch.from_numpy(value) for name, value in self.state.items()})
+        model.eval()
+        return model.quantize(model.encoder(torch.from_numpy(np.asarray(embeddings, dtype=np.float32))))[0].numpy()
 
     @staticmethod
     @torch.no_grad()

@@ -1,0 +1,90 @@
+"""Recommending from a saved run, unknown history ids, and cold start: a new item gets a SID without retraining."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from conftest import NAME, read_atomic
+
+from recbole_diffgm import InputError, Recommender, run_recbole_diffgm
+from recbole_diffgm.cli import main
+
+
+@pytest.fixture
+def saved_run(tiny_config, tmp_path):
+    config = {**tiny_config, "epochs": 3, "sid_cache_dir": str(tmp_path / "sid_cache")}
+    return run_recbole_diffgm("DiffGM", NAME, config_dict=config)["model_file"], tmp_path / "data" / NAME
+
+
+def test_recommendations_have_ids_titles_and_skip_the_history(saved_run):
+    model_file, folder = saved_run
+    items = read_atomic(folder / f"{NAME}.item").set_index("item_id:token")
+    history = list(items.index[10:14])
+    recommendations = Recommender(model_file).recommend(history, top_k=5)
+    assert len(recommendations) == 5 and not {item.item_id for item in recommendations} & set(history)
+    assert [item.title for item in recommendations] == [items.loc[item.item_id, "title:token_seq"]
+                                                       for item in recommendations]
+    scores = [item.score for item in recommendations]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_unknown_history_ids_are_skipped_with_a_warning_or_refused(saved_run, caplog):
+    model_file, folder = saved_run
+    known = list(read_atomic(folder / f"{NAME}.item")["item_id:token"][10:13])
+    recommender = Recommender(model_file)
+    with caplog.at_level(logging.WARNING):
+        skipped = recommender.recommend(["NOPE", *known], top_k=5)
+    assert "history items unknown to the run's dataset, skipped: NOPE" in caplog.text
+    assert skipped == recommender.recommend(known, top_k=5)
+    with pytest.raises(InputError, match=f"history items unknown to the run's dataset '{NAME}': NOPE"):
+        recommender.recommend(["NOPE", *known], unknown_items="error")
+
+
+def test_a_new_item_gets_a_sid_from_its_text_and_is_recommended_without_retraining(saved_run, caplog):
+    model_file, folder = saved_run
+    weights_before = (folder.parents[1] / "saved" / model_file.split("/")[-1]).read_bytes()
+    history = list(read_atomic(folder / f"{NAME}.item")["item_id:token"][10:14])
+    top = Recommender(model_file).recommend(history, top_k=1)[0]
+    # A new catalogue row: the text of the top recommendation under a new id, and one with a text of its own.
+    item_file = folder / f"{NAME}.item"
+    rows = item_file.read_text().splitlines()
+    copy = next(row for row in rows if row.split("\t")[0] == top.item_id).split("\t")
+    own = rows[5].split("\t")
+    own[1] = "Rose water facial mist with aloe"
+    item_file.write_text("\n".join([*rows, "\t".join(["NEWCOPY", *copy[1:]]), "\t".join(["NEWOWN", *own[1:]])]) + "\n")
+
+    with caplog.at_level(logging.INFO):
+        recommender = Recommender(model_file)
+    assert "2 items are new since training: their SIDs come from their text" in caplog.text
+    assert "refitting" not in caplog.text  # the quantizer fitted at training time, from the cache
+    token_ids = recommender.dataset.field2token_id[recommender.item_field]
+    item_sid = recommender.dataset.item_sid
+    assert torch.equal(item_sid[token_ids["NEWCOPY"]], item_sid[token_ids[top.item_id]])
+    assert ((item_sid[token_ids["NEWOWN"]] >= 0) & (item_sid[token_ids["NEWOWN"]] < 8)).all()
+    recommended = [item.item_id for item in recommender.recommend(history, top_k=5)]
+    assert recommended[0] == top.item_id and "NEWCOPY" in recommended
+    assert (folder.parents[1] / "saved" / model_file.split("/")[-1]).read_bytes() == weights_before
+
+
+def test_a_lost_quantizer_is_refitted_to_the_same_sids(saved_run, caplog):
+    model_file, folder = saved_run
+    rows = (folder / f"{NAME}.item").read_text().splitlines()
+    (folder / f"{NAME}.item").write_text("\n".join([*rows, "\t".join(["NEWCOPY", *rows[6].split("\t")[1:]])]) + "\n")
+    for state in (folder.parents[1] / "sid_cache").glob("quantizer-*.npz"):
+        state.unlink()
+    with caplog.at_level(logging.INFO):
+        recommender = Recommender(model_file)
+    assert "refitting the opq quantizer of 48 items" in caplog.text
+    token_ids = recommender.dataset.field2token_id[recommender.item_field]
+    original = rows[6].split("\t")[0]
+    assert torch.equal(recommender.dataset.item_sid[token_ids["NEWCOPY"]], recommender.dataset.item_sid[token_ids[original]])
+
+
+def test_the_command_line_prints_ranked_recommendations(saved_run, capsys):
+    model_file, folder = saved_run
+    history = list(read_atomic(folder / f"{NAME}.item")["item_id:token"][10:14])
+    assert main(["--recommend=" + model_file, "--history=" + ",".join(history), "--top_k=3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["1", "2", "3"]
