@@ -24,9 +24,11 @@ QUALITY = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 
 
 def run_benchmark(models: list[str], dataset: str, config_file_list=None, config_dict=None, seeds=(None,),
-                  results_dir: str = "results", command: str | None = None) -> list[dict]:
+                  results_dir: str = "results", command: str | None = None,
+                  model_overrides: dict[str, dict] | None = None) -> list[dict]:
     """Train and test every model with every seed; write ``<results_dir>/<dataset>.md`` (``command`` at its
-    top), ``.csv``, ``.png`` and ``<results_dir>/<dataset>-configs/``. Returns one row per model (the mean
+    top), ``.csv``, ``.png`` and ``<results_dir>/<dataset>-configs/``. ``model_overrides``: settings of one
+    model only (e.g. its tuned hyperparameters), over everything else. Returns one row per model (the mean
     over seeds)."""
     logger = getLogger()
     out = Path(results_dir)
@@ -36,7 +38,8 @@ def run_benchmark(models: list[str], dataset: str, config_file_list=None, config
     for model in models:
         runs = []
         for seed in seeds:
-            overrides = dict(config_dict or {}) | ({} if seed is None else {"seed": seed})
+            overrides = (dict(config_dict or {}) | (model_overrides or {}).get(model, {})
+                         | ({} if seed is None else {"seed": seed}))
             logger.info(f"benchmark: {model} on {dataset}" + ("" if seed is None else f", seed {seed}"))
             results = context.SimpleQueue()
             process = context.Process(target=_run_one, args=(model, dataset, config_file_list, overrides, results))

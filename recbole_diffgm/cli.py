@@ -36,6 +36,11 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     benchmark = parser.add_argument_group("benchmark (--model=A,B,...)")
     benchmark.add_argument("--seeds", default=None, help="comma-separated seeds; the table shows mean ± std")
     benchmark.add_argument("--results_dir", default="results", help="where the tables go (default: %(default)s)")
+    benchmark.add_argument("--tune_budget", default=None, metavar="TRIALS[,LIMIT]",
+                           help="tune every model first with the same Ray Tune budget (e.g. 8 or 8,30m), then "
+                                "benchmark the best configs")
+    benchmark.add_argument("--params_dir", default=None,
+                           help="folder of <Model>.test search spaces for --tune_budget (default: the installed properties/hyper)")
     search = parser.add_argument_group("hyperparameter search with Ray Tune (--params_file=hyper.test)")
     search.add_argument("--params_file", default=None, help="RecBole-style search space; searches instead of one run")
     search.add_argument("--num_samples", type=int, default=10, help="trials (default: %(default)s)")
@@ -84,12 +89,18 @@ def main(argv: list[str] | None = None) -> int:
             run_search(args.model, args.dataset, args.params_file, config_files, overrides, args.num_samples,
                        args.tune_dir, args.tune_name, args.ray_address, args.cpus_per_trial, args.gpus_per_trial,
                        not args.no_early_stopping)
-        elif len(models) > 1 or args.seeds:
+        elif len(models) > 1 or args.seeds or args.tune_budget:
             from recbole_diffgm.benchmark import run_benchmark
+            from recbole_diffgm.tuned_benchmark import run_tuned_benchmark
 
             seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [None]
             command = " ".join(["python run_recbole_diffgm.py", *(sys.argv[1:] if argv is None else argv)])
-            run_benchmark(models, args.dataset, config_files, overrides, seeds, args.results_dir, command)
+            if args.tune_budget:
+                run_tuned_benchmark(models, args.dataset, args.tune_budget, config_files, overrides, seeds,
+                                    args.results_dir, command, args.params_dir, args.cpus_per_trial,
+                                    args.gpus_per_trial, args.ray_address)
+            else:
+                run_benchmark(models, args.dataset, config_files, overrides, seeds, args.results_dir, command)
         elif args.build_sids:
             build_item_sids(args.model, args.dataset, config_files, overrides)
         else:

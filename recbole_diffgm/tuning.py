@@ -18,6 +18,7 @@ import csv
 import json
 import math
 import os
+import time
 from logging import getLogger
 from pathlib import Path
 
@@ -138,11 +139,16 @@ def _trial(params: dict, model: str, dataset: str, config_file_list, config_dict
 def run_search(model: str, dataset: str, params_file: str, config_file_list=None, config_dict=None,
                num_samples: int = 10, tune_dir: str = "tune", name: str | None = None,
                ray_address: str | None = None, cpus_per_trial: float = 1, gpus_per_trial: float | None = None,
-               early_stopping: bool = True) -> dict:
+               early_stopping: bool = True, time_budget_s: float | None = None, try_defaults: bool = False) -> dict:
     """Search ``model``'s hyperparameters on ``dataset`` over ``params_file`` with Ray Tune.
 
-    Returns ``{"best_params", "best_valid_score", "test_result", "folder", "trials", "failed"}``. Trials
-    that ASHA stopped early compete with their best checkpoint so far.
+    ``num_samples`` trials at most, and no new trial after ``time_budget_s`` seconds when given. With
+    ``try_defaults`` the first trial is the model's default config (its values of the searched keys), so the
+    search shows how far it moved from there.
+
+    Returns ``{"best_params", "best_valid_score", "test_result", "folder", "trials", "failed", "seconds",
+    "default_params", "default_valid_score"}``. Trials that ASHA stopped early compete with their best
+    checkpoint so far.
     """
     compat.restore_numpy_aliases()
     import ray
@@ -164,13 +170,16 @@ def run_search(model: str, dataset: str, params_file: str, config_file_list=None
 
         gpus_per_trial = 1 if torch.cuda.is_available() else 0
 
+    defaults = {key: config[key] for key in space} if try_defaults else None
     ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False,
              runtime_env={"worker_process_setup_hook": compat.ray_worker_setup})
+    start = time.perf_counter()
     try:
         grid = _tuner(model, dataset, config_file_list, config_dict, space, mode, num_samples, folder, name,
-                      cpus_per_trial, gpus_per_trial, early_stopping).fit()
+                      cpus_per_trial, gpus_per_trial, early_stopping, time_budget_s, defaults).fit()
     finally:
         ray.shutdown()
+    seconds = time.perf_counter() - start
 
     trials = []
     for result in grid:
@@ -192,9 +201,12 @@ def run_search(model: str, dataset: str, params_file: str, config_file_list=None
     best_params = {key: best[key] for key in space}
     (folder / "best.yaml").write_text(yaml.safe_dump(best_params, sort_keys=True))
     test_result = evaluate_saved_model(best["model_file"])  # the test, for the selected trial alone
+    default_trial = next((trial for trial in trials if defaults and all(trial[key] == defaults[key] for key in space)),
+                         None)
     summary = {"best_params": best_params, "best_valid_score": best["best_valid_score"],
                "test_result": dict(test_result), "folder": str(folder), "trials": len(trials),
-               "failed": sum(bool(trial["error"]) for trial in trials)}
+               "failed": sum(bool(trial["error"]) for trial in trials), "seconds": seconds,
+               "default_params": defaults, "default_valid_score": default_trial and default_trial["best_valid_score"]}
     (folder / "best.json").write_text(json.dumps(summary, indent=2))
     logger.info(f"best of {len(trials)} trials (validation {best['best_valid_score']:.4f}): {best_params}; "
                 f"test {dict(test_result)}; written to {folder}")
@@ -202,10 +214,11 @@ def run_search(model: str, dataset: str, params_file: str, config_file_list=None
 
 
 def _tuner(model, dataset, config_file_list, config_dict, space, mode, num_samples, folder: Path, name: str,
-           cpus_per_trial, gpus_per_trial, early_stopping):
+           cpus_per_trial, gpus_per_trial, early_stopping, time_budget_s=None, defaults=None):
     """A new Ray Tune ``Tuner``, or the interrupted one in ``folder``, resumed."""
     from ray import air, tune
     from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
 
     trainable = tune.with_resources(
         tune.with_parameters(_trial, model=model, dataset=dataset, config_file_list=config_file_list,
@@ -217,7 +230,9 @@ def _tuner(model, dataset, config_file_list, config_dict, space, mode, num_sampl
     scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=1) if early_stopping else None
     return tune.Tuner(
         trainable, param_space=ray_search_space(space),
-        tune_config=tune.TuneConfig(metric="best_valid_score", mode=mode, num_samples=num_samples, scheduler=scheduler),
+        tune_config=tune.TuneConfig(metric="best_valid_score", mode=mode, num_samples=num_samples, scheduler=scheduler,
+                                    time_budget_s=time_budget_s,
+                                    search_alg=BasicVariantGenerator(points_to_evaluate=[defaults] if defaults else None)),
         run_config=air.RunConfig(name=name, storage_path=str(folder.parent), verbose=1,
                                  failure_config=air.FailureConfig(fail_fast=False)))
 
