@@ -260,7 +260,6 @@ def report(args, results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-@torch.no_grad()
 def measure_sid(args) -> dict:
     from recbole_diffgm import Config, create_dataset
     from recbole_diffgm.data.dataset import SIDDataset
@@ -309,17 +308,23 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(PHASES[args.phase](args)))
         return
 
-    results = {"matmul": run_phase(args, "matmul")}
-    for model in ("DiffGM", "TIGER"):
-        results[f"train-{model}"] = run_phase(args, "train", model=model)
-        for beam in BEAMS:
-            results[f"decode-{model}-{beam}"] = run_phase(args, "decode", model=model, beam=beam)
-    if args.checkpoint:
-        results["quality"] = run_phase(args, "quality")
-    if not args.skip_sid:
-        results["sid"] = run_phase(args, "sid")
+    # Each figure is written as soon as it is measured: a failure loses none of the figures before it.
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1))
+    results: dict = {}
+
+    def measure(key: str, phase: str, **extra) -> None:
+        results[key] = run_phase(args, phase, **extra)
+        Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1))
+
+    measure("matmul", "matmul")
+    if not args.skip_sid:
+        measure("sid", "sid")
+    for model in ("DiffGM", "TIGER"):
+        measure(f"train-{model}", "train", model=model)
+        for beam in BEAMS:
+            measure(f"decode-{model}-{beam}", "decode", model=model, beam=beam)
+    if args.checkpoint:
+        measure("quality", "quality")
     Path(args.out).write_text(report(args, results))
     print(report(args, results))  # a script's report, not library logging
 
