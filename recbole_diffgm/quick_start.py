@@ -165,7 +165,8 @@ def load_data_and_model(model_file, config_overrides=None):
         config[key] = value
     # A run saved by an older version lacks the keys added since: they take today's defaults.
     defaults = Config(config["model"], config["dataset"], config_dict={"data_path": str(Path(config["data_path"]).parent)})
-    missing = sorted(set(defaults.final_config_dict) - set(config.final_config_dict))
+    # (RecBole's Config also reads the command line; those keys are this process's, not missing defaults.)
+    missing = sorted(set(defaults.final_config_dict) - set(config.final_config_dict) - set(defaults.cmd_config_dict))
     for key in missing:
         config[key] = defaults[key]
     if not config["single_spec"]:
