@@ -169,6 +169,9 @@ def run_search(model: str, dataset: str, params_file: str, config_file_list=None
         import torch
 
         gpus_per_trial = 1 if torch.cuda.is_available() else 0
+    for resource, amount in (("cpus_per_trial", cpus_per_trial), ("gpus_per_trial", gpus_per_trial)):
+        if amount < 0 or (amount > 1 and amount != int(amount)):
+            raise InputError(f"{resource} {amount}: Ray takes a fraction up to 1 or a whole number")
 
     defaults = {key: config[key] for key in space} if try_defaults else None
     ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False,

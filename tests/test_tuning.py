@@ -115,3 +115,9 @@ def test_a_failed_trial_is_recorded_with_its_error(tiny_config, tmp_path):
     with (tmp_path / "tune" / f"GRU4Rec-{NAME}" / "trials.csv").open() as handle:
         (trial,) = list(csv.DictReader(handle))
     assert trial["status"] == "error" and trial["error"]
+
+
+def test_a_resource_ray_cannot_schedule_is_named(tiny_config, tmp_path):
+    params = write(tmp_path, "learning_rate choice [0.003]\n")
+    with pytest.raises(InputError, match=r"cpus_per_trial 1.5: Ray takes a fraction up to 1 or a whole number"):
+        run_search("GRU4Rec", NAME, str(params), config_dict=tiny_config, cpus_per_trial=1.5)
