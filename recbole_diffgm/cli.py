@@ -49,6 +49,8 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     search.add_argument("--ray_address", default=None, help="a Ray cluster to run on (default: a local Ray)")
     search.add_argument("--cpus_per_trial", type=float, default=1, help="CPUs per trial: a fraction up to 1 or a whole number (default: 1)")
     search.add_argument("--gpus_per_trial", type=float, default=None, help="GPUs per trial: a fraction up to 1 or a whole number (default: 1 with CUDA, else 0)")
+    search.add_argument("--max_concurrent_trials", type=int, default=None,
+                        help="trials at a time (default: as many as the CPUs/GPUs allow)")
     search.add_argument("--no_early_stopping", action="store_true", help="no ASHA: every trial trains to the end")
     distributed = parser.add_argument_group("distributed training (RecBole's DDP)")
     distributed.add_argument("--nproc", type=int, default=1, help="processes on this machine (default: %(default)s)")
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run_search(args.model, args.dataset, args.params_file, config_files, overrides, args.num_samples,
                        args.tune_dir, args.tune_name, args.ray_address, args.cpus_per_trial, args.gpus_per_trial,
-                       not args.no_early_stopping)
+                       not args.no_early_stopping, max_concurrent_trials=args.max_concurrent_trials)
         elif len(models) > 1 or args.seeds or args.tune_budget:
             from recbole_diffgm.benchmark import run_benchmark
             from recbole_diffgm.tuned_benchmark import run_tuned_benchmark
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.tune_budget:
                 run_tuned_benchmark(models, args.dataset, args.tune_budget, config_files, overrides, seeds,
                                     args.results_dir, command, args.params_dir, args.cpus_per_trial,
-                                    args.gpus_per_trial, args.ray_address)
+                                    args.gpus_per_trial, args.ray_address, args.max_concurrent_trials)
             else:
                 run_benchmark(models, args.dataset, config_files, overrides, seeds, args.results_dir, command)
         elif args.build_sids:

@@ -139,10 +139,12 @@ def _trial(params: dict, model: str, dataset: str, config_file_list, config_dict
 def run_search(model: str, dataset: str, params_file: str, config_file_list=None, config_dict=None,
                num_samples: int = 10, tune_dir: str = "tune", name: str | None = None,
                ray_address: str | None = None, cpus_per_trial: float = 1, gpus_per_trial: float | None = None,
-               early_stopping: bool = True, time_budget_s: float | None = None, try_defaults: bool = False) -> dict:
+               early_stopping: bool = True, time_budget_s: float | None = None, try_defaults: bool = False,
+               max_concurrent_trials: int | None = None) -> dict:
     """Search ``model``'s hyperparameters on ``dataset`` over ``params_file`` with Ray Tune.
 
-    ``num_samples`` trials at most, and no new trial after ``time_budget_s`` seconds when given. With
+    ``num_samples`` trials at most, ``max_concurrent_trials`` at a time (default: as many as the resources
+    allow), and no new trial after ``time_budget_s`` seconds when given. With
     ``try_defaults`` the first trial is the model's default config (its values of the searched keys), so the
     search shows how far it moved from there.
 
@@ -179,7 +181,8 @@ def run_search(model: str, dataset: str, params_file: str, config_file_list=None
     start = time.perf_counter()
     try:
         grid = _tuner(model, dataset, config_file_list, config_dict, space, mode, num_samples, folder, name,
-                      cpus_per_trial, gpus_per_trial, early_stopping, time_budget_s, defaults).fit()
+                      cpus_per_trial, gpus_per_trial, early_stopping, time_budget_s, defaults,
+                      max_concurrent_trials).fit()
     finally:
         ray.shutdown()
     seconds = time.perf_counter() - start
@@ -217,7 +220,8 @@ def run_search(model: str, dataset: str, params_file: str, config_file_list=None
 
 
 def _tuner(model, dataset, config_file_list, config_dict, space, mode, num_samples, folder: Path, name: str,
-           cpus_per_trial, gpus_per_trial, early_stopping, time_budget_s=None, defaults=None):
+           cpus_per_trial, gpus_per_trial, early_stopping, time_budget_s=None, defaults=None,
+           max_concurrent_trials=None):
     """A new Ray Tune ``Tuner``, or the interrupted one in ``folder``, resumed."""
     from ray import air, tune
     from ray.tune.schedulers import ASHAScheduler
@@ -234,7 +238,7 @@ def _tuner(model, dataset, config_file_list, config_dict, space, mode, num_sampl
     return tune.Tuner(
         trainable, param_space=ray_search_space(space),
         tune_config=tune.TuneConfig(metric="best_valid_score", mode=mode, num_samples=num_samples, scheduler=scheduler,
-                                    time_budget_s=time_budget_s,
+                                    time_budget_s=time_budget_s, max_concurrent_trials=max_concurrent_trials,
                                     search_alg=BasicVariantGenerator(points_to_evaluate=[defaults] if defaults else None)),
         run_config=air.RunConfig(name=name, storage_path=str(folder.parent), verbose=1,
                                  failure_config=air.FailureConfig(fail_fast=False)))
