@@ -160,7 +160,11 @@ def run_search(model: str, dataset: str, params_file: str, config_file_list=None
 
     logger = getLogger()
     space = parse_hyper_file(params_file)
+    # Trials run in their own folders: relative paths would not be found there.
+    config_file_list = [str(Path(file).resolve()) for file in config_file_list] if config_file_list else None
     config_dict = dict(config_dict or {})
+    if config_dict.get("data_path"):
+        config_dict["data_path"] = str(Path(config_dict["data_path"]).resolve())
     config = Config(model, dataset, config_file_list, config_dict)  # bad names or files fail here, not in a trial
     # Trials share one SID/embedding cache (theirs would otherwise sit in each trial's checkpoint folder).
     config_dict["sid_cache_dir"] = str(Path(config["sid_cache_dir"] or Path(config["checkpoint_dir"]) / "sid_cache").resolve())
