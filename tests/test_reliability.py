@@ -68,3 +68,11 @@ def test_a_killed_run_resumes_to_the_same_end(tiny_config, tmp_path, caplog):
 def test_a_missing_resume_file_is_named(tmp_path):
     with pytest.raises(InputError, match="resume file not found: nowhere-resume.pth"):
         run_recbole_diffgm(resume_file="nowhere-resume.pth")
+
+
+def test_each_epoch_after_the_first_logs_the_time_left(tiny_config, tmp_path, caplog):
+    with caplog.at_level("INFO"):
+        run_recbole_diffgm("DiffGM", NAME, config_dict={**run_config(tiny_config, tmp_path, "clock"), "epochs": 3})
+    lines = [line for line in caplog.text.splitlines() if "min per epoch so far" in line]
+    assert len(lines) == 2 and "epoch 1/3:" in lines[0] and "epoch 2/3:" in lines[1]
+    assert all("min left, less if early stopping ends it" in line for line in lines)
