@@ -27,7 +27,7 @@ setup(
     },
     package_data={
         "recbole_diffgm.properties": ["*.yaml", "model/*.yaml", "dataset/*.yaml", "hyper/*.test", "recipes/*.yaml"],
-        "recbole_diffgm.dataset": ["README.md", "*/*.inter", "*/*.item"],
+        "recbole_diffgm.dataset": ["README.md", "*/*.inter", "*/*.item", "*/*.sids-*.npz"],
     },
     py_modules=[],
     install_requires=[

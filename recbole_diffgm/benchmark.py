@@ -1,83 +1,241 @@
-"""Benchmark mode: several models, one split, one table.
+"""Benchmark mode: several models, one split, one table, reusable and resumable run by run.
 
-Every (model, seed) run is a normal ``run_recbole_diffgm`` in its own process, so one model's crash (or its
-memory) cannot touch the others; its row then carries the error. The dataset, split, metrics and every
-command-line setting are the same for all rows; each row's full config is written beside the table.
-Generative models are tested twice from the same checkpoint: item-level (the default, comparable with
-every other row) and SID-level (the DiffGRM paper's protocol, labelled ``sid_``).
+A row is a model, optionally with recipes (``SASRec@SASRec-strong``: ``properties/recipes/SASRec-strong.yaml`` or
+any yaml path; ``DiffGM@DiffGM-cpu+sid-disambiguate``: two), applied before the shared config files, which hold
+what every row shares (the budget). Every (row, seed) run is a normal ``run_recbole_diffgm`` in
+its own process, so one model's crash (or its memory) cannot touch the others; its row then carries the error.
+The dataset, split, metrics, selection rule and every command-line setting are the same for all rows.
+
+Each run lives in ``<results_dir>/<dataset>-runs/<row>-seed<seed>/``: ``run.json`` (its key and result) once it
+has finished, its checkpoints meanwhile. The key is a digest of the run's resolved config, the data files and
+this package's code: a run whose ``run.json`` has the same key is reused instead of retrained, and a killed run
+with the same key resumes from its resume state, so a long benchmark can be completed in parts.
+
+Generative models are tested twice from the same checkpoint: item-level (the default, comparable with every
+other row) and SID-level (the DiffGRM release's protocol, labelled ``sid_``); each states its SIDs.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import multiprocessing
+import os
 import platform
 import resource
 import statistics
+import sys
 import traceback
+from dataclasses import dataclass
 from logging import getLogger
 from pathlib import Path
 
 import yaml
 
+from recbole_diffgm.errors import InputError
+
 QUALITY = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+# Config keys that say where a run writes or runs, not what it computes: left out of its key.
+_PLACE_KEYS = {"data_path", "checkpoint_dir", "sid_cache_dir", "dataset_save_path", "dataloaders_save_path",
+               "show_progress", "state", "gpu_id", "device", "use_gpu", "log_wandb", "wandb_project", "nproc",
+               "world_size", "offset", "ip", "port", "local_rank", "single_spec"}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: ``model``, or ``model@recipe`` (``model@a+b``: several) with recipe yaml files that
+    come before the shared config files, so that the shared settings (the budget) are the same for every row."""
+
+    label: str
+    model: str
+    recipes: tuple[Path, ...] = ()
+
+    @classmethod
+    def parse(cls, spec: str) -> Row:
+        model, _, recipes = spec.partition("@")
+        return cls(spec, model, tuple(recipe_file(name) for name in recipes.split("+") if name))
+
+    @property
+    def file_name(self) -> str:
+        return self.label.replace("@", "-").replace("+", "-").replace("/", "_")
+
+    def config_files(self, shared: list[str] | None) -> list[str] | None:
+        return [*map(str, self.recipes), *(shared or [])] or None
+
+
+def recipe_file(name: str) -> Path:
+    """A recipe: a yaml path, or the name of one in ``properties/recipes/``."""
+    from recbole_diffgm.config import PROPERTIES_DIR
+
+    if Path(name).is_file():
+        return Path(name)
+    installed = PROPERTIES_DIR / "recipes" / f"{name}.yaml"
+    if installed.is_file():
+        return installed
+    available = sorted(path.stem for path in (PROPERTIES_DIR / "recipes").glob("*.yaml"))
+    raise InputError(f"recipe '{name}' is neither a yaml file nor one of properties/recipes: {', '.join(available)}")
 
 
 def run_benchmark(models: list[str], dataset: str, config_file_list=None, config_dict=None, seeds=(None,),
                   results_dir: str = "results", command: str | None = None,
-                  model_overrides: dict[str, dict] | None = None) -> list[dict]:
-    """Train and test every model with every seed; write ``<results_dir>/<dataset>.md`` (``command`` at its
-    top), ``.csv``, ``.png`` and ``<results_dir>/<dataset>-configs/``. ``model_overrides``: settings of one
-    model only (e.g. its tuned hyperparameters), over everything else. Returns one row per model (the mean
-    over seeds)."""
+                  model_overrides: dict[str, dict] | None = None, seeded_rows: list[str] | None = None) -> list[dict]:
+    """Train and test every row (``Row.parse``) with every seed (with ``seeded_rows``, only those rows; the others
+    with the first seed), reusing finished runs and resuming killed ones;
+    write ``<results_dir>/<dataset>.md`` (``command`` at its top), ``.csv``, ``.png`` (quality against inference
+    time), ``-curves.png`` (validation NDCG@10 against training time), ``-curves/`` and ``-configs/``.
+    ``model_overrides``: settings of one model only (e.g. its tuned hyperparameters), over everything else.
+    Returns one row per model (the mean over seeds)."""
     logger = getLogger()
     out = Path(results_dir)
-    (out / f"{dataset}-configs").mkdir(parents=True, exist_ok=True)
+    for folder in ("configs", "curves", "runs"):
+        (out / f"{dataset}-{folder}").mkdir(parents=True, exist_ok=True)
     context = multiprocessing.get_context("spawn")
     rows = []
-    for model in models:
+    for row in map(Row.parse, models):
         runs = []
-        for seed in seeds:
-            overrides = (dict(config_dict or {}) | (model_overrides or {}).get(model, {})
+        for seed in seeds if seeded_rows is None or row.label in seeded_rows else seeds[:1]:
+            overrides = (dict(config_dict or {}) | (model_overrides or {}).get(row.model, {})
                          | ({} if seed is None else {"seed": seed}))
-            logger.info(f"benchmark: {model} on {dataset}" + ("" if seed is None else f", seed {seed}"))
+            name = row.file_name + ("" if seed is None else f"-seed{seed}")
+            files = row.config_files(config_file_list)
+            logger.info(f"benchmark: {row.label} on {dataset}" + ("" if seed is None else f", seed {seed}"))
             results = context.SimpleQueue()
-            process = context.Process(target=_run_one, args=(model, dataset, config_file_list, overrides, results))
+            process = context.Process(target=_run_one, args=(row.model, dataset, files, overrides,
+                                                              str(out / f"{dataset}-runs" / name), results))
             process.start()
             process.join()
             run = results.get() if not results.empty() else {"error": f"the run's process died (exit code {process.exitcode})"}
             if "config" in run:
-                name = f"{model}" + ("" if seed is None else f"-seed{seed}") + ".yaml"
-                (out / f"{dataset}-configs" / name).write_text(yaml.safe_dump(run.pop("config"), sort_keys=True))
+                (out / f"{dataset}-configs" / f"{name}.yaml").write_text(yaml.safe_dump(run["config"], sort_keys=True))
+            if run.get("curve"):
+                _write_curve(run["curve"], out / f"{dataset}-curves" / f"{name}.csv")
             runs.append(run)
-        rows.append(_summarise(model, seeds, runs))
+        rows.append(_summarise(row.label, runs))
         _write_tables(rows, dataset, out, command)  # after every model: an interrupted benchmark keeps its rows
         _plot(rows, dataset, out)
+        _plot_curves(rows, dataset, out)
     return rows
 
 
-def _run_one(model, dataset, config_file_list, config_dict, results) -> None:
-    """One run in a fresh process: the result with peak memory and the config, or the error."""
+def _run_one(model, dataset, config_file_list, config_dict, run_dir, results) -> None:
+    """One run in a fresh process: the finished run of the same key, else a resumed or new one; the result with
+    peak memory, SIDs and config, or the error."""
     try:
-        import torch
-
-        from recbole_diffgm.compat import load_checkpoint
-        from recbole_diffgm.model.generative import GenerativeRecommender
-        from recbole_diffgm.quick_start import evaluate_saved_model, run_recbole_diffgm
-        from recbole_diffgm.utils import get_model
-
-        result = run_recbole_diffgm(model, dataset, config_file_list, config_dict)
-        if result["model_file"] and issubclass(get_model(model), GenerativeRecommender):
-            result["sid_test_result"] = evaluate_saved_model(result["model_file"], {"eval_level": "sid"})
-        result["device"] = device_description(result["device"])
-        result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        if torch.cuda.is_available():
-            result["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        result["config"] = _plain(load_checkpoint(result["model_file"])["config"].final_config_dict)
+        sys.argv = sys.argv[:1]  # spawn hands the parent's command line over, which RecBole's Config would read
+        result = _reuse_or_run(model, dataset, config_file_list, config_dict, Path(run_dir))
         results.put(result)
     except BaseException as error:  # noqa: BLE001  (any failure becomes the row's error)
         getLogger().error(traceback.format_exc())
         results.put({"error": f"{type(error).__name__}: {error}".splitlines()[0][:300]})
+
+
+def _reuse_or_run(model, dataset, config_file_list, config_dict, run_dir: Path) -> dict:
+    import torch
+
+    from recbole_diffgm.compat import load_checkpoint
+    from recbole_diffgm.config import Config
+    from recbole_diffgm.model.generative import GenerativeRecommender
+    from recbole_diffgm.quick_start import evaluate_saved_model, run_recbole_diffgm
+    from recbole_diffgm.utils import get_model
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    generative = issubclass(get_model(model), GenerativeRecommender)
+    key = run_key(config, generative)
+    # Checkpoints in the run's folder; the SID cache stays where the config puts it, shared by every run.
+    config_dict = {**config_dict, "checkpoint_dir": str(run_dir),
+                   "sid_cache_dir": str(config["sid_cache_dir"] or Path(config["checkpoint_dir"]) / "sid_cache")}
+    finished = run_dir / "run.json"
+    if finished.is_file():
+        stored = json.loads(finished.read_text())
+        if stored.get("key") == key:
+            getLogger().info(f"benchmark: {model} reused from {finished} (same config, data and code)")
+            return {**stored["result"], "reused": True}
+    started = run_dir / "started.json"
+    resume_files = sorted(run_dir.glob("*-resume.pth"))
+    same_run = started.is_file() and json.loads(started.read_text()).get("key") == key
+    if not same_run:  # another config's leftovers: never resumed, never reused
+        for stale in [*run_dir.glob("*.pth"), finished]:
+            stale.unlink(missing_ok=True)
+        resume_files = []
+    _write_json_atomically({"key": key}, started)
+    if resume_files:
+        getLogger().info(f"benchmark: {model} resumes from {resume_files[-1]}")
+        result = run_recbole_diffgm(resume_file=str(resume_files[-1]))
+    else:
+        result = run_recbole_diffgm(model, dataset, config_file_list, config_dict)
+    checkpoint = load_checkpoint(result["model_file"])
+    if generative:
+        result["sid_test_result"] = dict(evaluate_saved_model(result["model_file"], {"eval_level": "sid"}))
+        result["sids"] = sid_summary(checkpoint["config"], checkpoint["other_parameter"]["sid_catalogue"]["codes"])
+    result["device"] = device_description(result["device"])
+    result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():
+        result["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    result["config"] = _plain(checkpoint["config"].final_config_dict)
+    result["test_result"] = dict(result["test_result"])
+    result["best_valid_result"] = dict(result["best_valid_result"] or {})
+    result = json.loads(json.dumps(_plain(result)))
+    _write_json_atomically({"key": key, "result": result}, finished)
+    return result
+
+
+# The code a run executes, by the kind of model: a change elsewhere (the benchmark, tuning, the CLI, another
+# model family) leaves its finished runs reusable.
+_RUN_CODE = ("__init__.py", "compat.py", "config.py", "errors.py", "quick_start.py", "trainer.py", "utils.py",
+             "data/catalog.py", "data/amazon.py")
+_GENERATIVE_CODE = ("data", "model")
+
+
+def run_key(config, generative: bool) -> str:
+    """Digest of what determines a run's result: its resolved config (every property file's effect included; less
+    where it writes, and for a RecBole model less ``properties/generative.yaml``'s keys), the dataset's files (atomic files and shipped SIDs), RecBole's version and the code the run
+    executes (``_RUN_CODE``, and for a ``generative`` model ``_GENERATIVE_CODE`` too)."""
+    from importlib.metadata import version
+
+    from recbole_diffgm.config import PROPERTIES_DIR
+
+    ignored = set(_PLACE_KEYS)
+    if not generative:  # keys only the SID stage and the generative models read
+        ignored |= set(yaml.safe_load((PROPERTIES_DIR / "generative.yaml").read_text()))
+    settings = {key: value for key, value in _plain(config.final_config_dict).items() if key not in ignored}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    digest.update(f"recbole {version('recbole')}".encode())
+    for path in sorted(Path(config["data_path"]).glob(f"{config['dataset']}.*")):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    package = Path(__file__).resolve().parent
+    files = {package / name for name in _RUN_CODE}
+    if generative:
+        files |= {path for folder in _GENERATIVE_CODE for path in (package / folder).rglob("*.py")}
+    for path in sorted(files):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def sid_summary(config, codes) -> dict:
+    """What a generative row's SIDs are: quantizer, digits, collision policy and the share of items that share a
+    SID before and after the policy."""
+    import numpy as np
+
+    def share(rows: np.ndarray) -> float:
+        _, group, size = np.unique(rows, axis=0, return_inverse=True, return_counts=True)
+        return float((size[group.reshape(-1)] > 1).mean())
+
+    n_digit = int(config["n_digit"])
+    return {"quantizer": config["sid_quantizer"], "n_digit": n_digit, "codebook_size": int(config["codebook_size"]),
+            "digits": int(codes.shape[1]), "policy": config["sid_collision"],
+            "shared_before": share(codes[:, :n_digit]), "shared": share(codes)}
+
+
+def _sid_cell(sids: dict | None) -> str:
+    if not sids:
+        return ""
+    extra = sids["digits"] - sids["n_digit"]
+    text = (f"{sids['quantizer']} {sids['n_digit']}×{sids['codebook_size']}" + (f" +{extra}" if extra else "")
+            + f", {sids['policy']}: {100 * sids['shared']:.1f}% items share a SID")
+    return text + (f" ({100 * sids['shared_before']:.1f}% before)" if sids["shared"] != sids["shared_before"] else "")
 
 
 def device_description(device: str) -> str:
@@ -105,22 +263,59 @@ def _plain(config: dict) -> dict:
     return {key: plain(value) for key, value in config.items()}
 
 
-def _summarise(model: str, seeds, runs: list[dict]) -> dict:
+def _write_json_atomically(value, path: Path) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(value, indent=1, sort_keys=True))
+    os.replace(partial, path)
+
+
+def _write_curve(curve: list[dict], path: Path) -> None:
+    columns = list(dict.fromkeys(key for point in curve for key in point))
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(curve)
+
+
+def selection_rule(config: dict) -> str:
+    """How a run chose its checkpoint, in words."""
+    weights = config.get("valid_metric_weights")
+    if weights:
+        return "validation " + " + ".join(f"{weight}·{metric}" for metric, weight in weights.items())
+    return f"validation {config.get('valid_metric')}"
+
+
+def budget_rule(config: dict) -> str:
+    """A run's training budget, in words."""
+    parts = [f"at most {config.get('epochs')} epochs", f"patience {config.get('stopping_step')} validations"]
+    if config.get("time_budget") is not None:
+        parts.append(f"time budget {config['time_budget']} ({config.get('time_budget_clock')} clock)")
+    return ", ".join(parts)
+
+
+def _summarise(label: str, runs: list[dict]) -> dict:
     done = [run for run in runs if "error" not in run]
-    row = {"model": model, "seeds": len(done), "error": "; ".join(run["error"] for run in runs if "error" in run)}
+    row = {"model": label, "seeds": len(done), "error": "; ".join(run["error"] for run in runs if "error" in run),
+           "curves": [run.get("curve", []) for run in done], "reused": sum(bool(run.get("reused")) for run in done)}
     for prefix, key in (("", "test_result"), ("sid_", "sid_test_result")):
         for metric in QUALITY:
             values = [run[key][prefix + metric] for run in done if prefix + metric in run.get(key, {})]
             if values:
                 row[prefix + metric] = statistics.mean(values)
                 row[prefix + metric + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-    for field in ("train_seconds", "parameters", "peak_memory_mb", "peak_gpu_memory_mb"):
-        values = [run[field] for run in done if field in run]
+    for field in ("train_seconds", "train_cpu_seconds", "valid_seconds", "epochs_run", "parameters", "peak_memory_mb",
+                  "peak_gpu_memory_mb"):
+        values = [run[field] for run in done if run.get(field) is not None]
         if values:
             row[field] = statistics.mean(values)
     if done:
         row["inference_ms_per_user"] = statistics.mean(1000 * run["test_seconds"] / run["test_users"] for run in done)
         row["device"] = done[0]["device"]
+        row["best_epochs"] = ", ".join(str(run.get("best_epoch")) for run in done)
+        row["stopped_by"] = ", ".join(sorted({str(run.get("stop_reason")) for run in done}))
+        row["sids"] = _sid_cell(done[0].get("sids"))
+        row["selection"] = {selection_rule(run["config"]) for run in done}
+        row["budget"] = {budget_rule(run["config"]) for run in done}
     return row
 
 
@@ -131,41 +326,55 @@ def _cell(row: dict, metric: str) -> str:
     return f"{row[metric]:.4f}" + (f" ± {std:.4f}" if row["seeds"] > 1 else "")
 
 
+def _number(row: dict, field: str, pattern: str, scale: float = 1) -> str:
+    return pattern.format(row[field] / scale) if field in row else "–"
+
+
 def _write_tables(rows: list[dict], dataset: str, out: Path, command: str | None) -> None:
     columns = [*QUALITY, *(f"sid_{m}" for m in QUALITY)]
-    header = ["model", *columns, "train s", "inference ms/user", "parameters", "peak RAM MB", "peak GPU MB",
-              "device", "seeds", "config", "error"]
+    selections = set().union(*(row.get("selection", set()) for row in rows))
+    budgets = set().union(*(row.get("budget", set()) for row in rows))
+    per_row = len(selections) > 1 or len(budgets) > 1
+    header = ["model", *columns, "SIDs", "epochs run", "best epoch", "stopped by", "train min", "train CPU-min", "valid min",
+              "inference ms/user", "parameters", "peak RAM MB", "peak GPU MB", "device", "seeds", "reused",
+              *(["selection", "budget"] if per_row else []), "config", "error"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     with (out / f"{dataset}.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for row in rows:
-            cells = [row["model"], *(_cell(row, m) for m in columns),
-                     f"{row['train_seconds']:.0f}" if "train_seconds" in row else "–",
-                     f"{row['inference_ms_per_user']:.2f}" if "inference_ms_per_user" in row else "–",
-                     f"{row['parameters']:,.0f}" if "parameters" in row else "–",
-                     f"{row['peak_memory_mb']:,.0f}" if "peak_memory_mb" in row else "–",
-                     f"{row['peak_gpu_memory_mb']:,.0f}" if "peak_gpu_memory_mb" in row else "–",
-                     row.get("device", "–"), str(row["seeds"]), f"{dataset}-configs/{row['model']}*.yaml",
-                     row["error"] or ""]
+            cells = [row["model"], *(_cell(row, m) for m in columns), row.get("sids", ""),
+                     _number(row, "epochs_run", "{:.0f}"), row.get("best_epochs", "–"), row.get("stopped_by", "–"),
+                     _number(row, "train_seconds", "{:.1f}", 60), _number(row, "train_cpu_seconds", "{:.1f}", 60),
+                     _number(row, "valid_seconds", "{:.1f}", 60),
+                     _number(row, "inference_ms_per_user", "{:.2f}"), _number(row, "parameters", "{:,.0f}"),
+                     _number(row, "peak_memory_mb", "{:,.0f}"), _number(row, "peak_gpu_memory_mb", "{:,.0f}"),
+                     row.get("device", "–"), str(row["seeds"]), str(row["reused"]),
+                     *([" / ".join(sorted(row.get("selection", ()))), " / ".join(sorted(row.get("budget", ())))]
+                       if per_row else []),
+                     f"{dataset}-configs/{row['model'].replace('@', '-')}*.yaml", row["error"] or ""]
             writer.writerow(cells)
             lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
+    rule = ("Rows differ in selection or budget: see the columns." if per_row else
+            f"Every row: checkpoint selected on {next(iter(selections), 'validation')}; "
+            f"{next(iter(budgets), 'the config epochs')}.")
     (out / f"{dataset}.md").write_text(
         f"# {dataset}: test metrics of the checkpoint selected on validation\n\n"
-        + (f"```bash\n{command}\n```\n\n" if command else "") +
-        "Item-level metrics (R@k, N@k) rank every item; `sid_` columns are SID-level (the DiffGRM paper's "
-        "protocol: generating the target's semantic ID is a hit), for the generative models only. "
-        "Mean ± standard deviation over seeds. Inference: loading the best checkpoint and scoring every "
-        "test user, per user.\n\n" + "\n".join(lines) + "\n")
+        + (f"```bash\n{command}\n```\n\n" if command else "") + rule + "\n\n" +
+        "Item-level metrics (R@k, N@k) rank every item, the user's history masked (RecBole). `sid_` columns are "
+        "SID-level, for the generative models only: the DiffGRM release's protocol (the beam's SIDs by score, SIDs "
+        "that no item has and repeats dropped, history not masked; a hit is generating the target's SID). "
+        "SIDs: quantizer, digits × codes (+ a disambiguation digit), collision policy, items that share their SID. "
+        "Mean ± standard deviation over seeds. Training time leaves validation out (valid min); inference: loading the best "
+        "checkpoint and scoring every test user, per user. Reused: runs taken from an earlier command with the "
+        f"same config, data and code ({dataset}-runs/). Learning curves: {dataset}-curves.png, {dataset}-curves/.\n\n"
+        + "\n".join(lines) + "\n")
 
 
 def _plot(rows: list[dict], dataset: str, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    figure, axes = pyplot.subplots(figsize=(6, 4))
+    figure, axes = _figure()
     for row in rows:
         if "ndcg@10" in row:
             axes.errorbar(row["inference_ms_per_user"], row["ndcg@10"], yerr=row.get("ndcg@10_std", 0), fmt="o")
@@ -178,3 +387,37 @@ def _plot(rows: list[dict], dataset: str, out: Path) -> None:
     figure.tight_layout()
     figure.savefig(out / f"{dataset}.png", dpi=120)
     pyplot.close(figure)
+
+
+def _plot_curves(rows: list[dict], dataset: str, out: Path) -> None:
+    """Validation NDCG@10 against training minutes (CPU minutes when the runs were budgeted on the process clock),
+    a line per row (one per seed, in the row's colour)."""
+    from matplotlib import pyplot
+
+    cpu = any("process clock" in budget for row in rows for budget in row.get("budget", ()))
+    figure, axes = _figure()
+    for index, row in enumerate(rows):
+        colour = f"C{index % 10}"
+        for seed, curve in enumerate(row["curves"]):
+            points = [p for p in curve if "ndcg@10" in p]
+            if points:
+                axes.plot([p["train_cpu_seconds" if cpu else "train_seconds"] / 60 for p in points],
+                          [p["ndcg@10"] for p in points], color=colour, marker=".", alpha=1 if seed == 0 else 0.5,
+                          label=row["model"] if seed == 0 else None)
+    axes.set_xlabel(f"training {'CPU ' if cpu else ''}minutes (validation not counted)")
+    axes.set_ylabel("item-level NDCG@10 (validation)")
+    axes.set_title(f"{dataset}: learning curves")
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out / f"{dataset}-curves.png", dpi=120)
+    pyplot.close(figure)
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    return pyplot.subplots(figsize=(7, 4.5))

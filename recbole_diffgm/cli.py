@@ -20,13 +20,18 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
         epilog="Any other --key=value overrides that RecBole config key, e.g. --epochs=10 --learning_rate=0.001.",
     )
     parser.add_argument("--model", "-m", default="SASRec",
-                        help="model name (default: %(default)s); several, comma-separated, run the benchmark")
+                        help="model name (default: %(default)s), optionally Model@recipe or Model@recipe+recipe (yaml "
+                             "files or names in properties/recipes, before --config_files); several, comma-separated, "
+                             "run the benchmark")
     parser.add_argument("--dataset", "-d", default="amazon-beauty", help="dataset name (default: %(default)s)")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files, applied in order")
     parser.add_argument("--resume", default=None, metavar="FILE",
                         help="continue an interrupted run from its <checkpoint_dir>/<run>-resume.pth, with that run's config")
     parser.add_argument("--build_sids", action="store_true",
                         help="only build (or load) the semantic IDs of --dataset and report them; no training")
+    parser.add_argument("--ship_sids", action="store_true",
+                        help="with --build_sids: also write the SIDs beside the dataset's atomic files, where every "
+                             "run with the same settings uses them, on any machine")
     serve = parser.add_argument_group("recommend from a saved run (--recommend=saved/<run>.pth)")
     serve.add_argument("--recommend", default=None, metavar="FILE", help="a saved run to recommend with")
     serve.add_argument("--history", default="", help="comma-separated raw item ids, oldest first")
@@ -35,6 +40,8 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
                        help="history ids the run does not know: skip them with a warning, or stop (default: skip)")
     benchmark = parser.add_argument_group("benchmark (--model=A,B,...)")
     benchmark.add_argument("--seeds", default=None, help="comma-separated seeds; the table shows mean ± std")
+    benchmark.add_argument("--seeded_rows", default=None, metavar="ROW,ROW",
+                           help="rows that run every seed of --seeds; the others run the first (default: every row)")
     benchmark.add_argument("--results_dir", default="results", help="where the tables go (default: %(default)s)")
     benchmark.add_argument("--tune_budget", default=None, metavar="TRIALS[,LIMIT]",
                            help="tune every model first with the same Ray Tune budget (e.g. 8 or 8,30m), then "
@@ -102,11 +109,16 @@ def main(argv: list[str] | None = None) -> int:
                                     args.results_dir, command, args.params_dir, args.cpus_per_trial,
                                     args.gpus_per_trial, args.ray_address, args.max_concurrent_trials)
             else:
-                run_benchmark(models, args.dataset, config_files, overrides, seeds, args.results_dir, command)
+                seeded_rows = args.seeded_rows.split(",") if args.seeded_rows else None
+                run_benchmark(models, args.dataset, config_files, overrides, seeds, args.results_dir, command,
+                              seeded_rows=seeded_rows)
         elif args.build_sids:
-            build_item_sids(args.model, args.dataset, config_files, overrides)
+            build_item_sids(args.model, args.dataset, config_files, overrides, ship=args.ship_sids)
         else:
-            run_recbole_diffgm(args.model, args.dataset, config_files, overrides, nproc=args.nproc,
+            from recbole_diffgm.benchmark import Row
+
+            row = Row.parse(args.model)  # Model@recipe: the recipe's yaml, then the config files
+            run_recbole_diffgm(row.model, args.dataset, row.config_files(config_files), overrides, nproc=args.nproc,
                                world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset,
                                resume_file=args.resume)
     except InputError as error:

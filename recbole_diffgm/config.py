@@ -1,7 +1,7 @@
 """RecBole's ``Config``, layered with this plugin's property files and model registry.
 
 Priority is RecBole's, from lowest to highest: RecBole's own ``properties/`` yaml, this plugin's
-``properties/overall.yaml``, ``properties/model/<Model>.yaml`` and ``properties/dataset/<dataset>.yaml``,
+``properties/overall.yaml``, ``properties/generative.yaml``, ``properties/model/<Model>.yaml`` and ``properties/dataset/<dataset>.yaml``,
 then ``config_file_list``, ``config_dict`` and ``--key=value`` on the command line.
 """
 
@@ -46,6 +46,7 @@ class Config(recbole.config.Config):
         super()._load_internal_config_dict(model, model_class, dataset)
         self.internal_config_dict["data_path"] = str(DATASET_DIR)
         self._update_internal_config_dict(PROPERTIES_DIR / "overall.yaml")
+        self._update_internal_config_dict(PROPERTIES_DIR / "generative.yaml")
         model_file = PROPERTIES_DIR / "model" / f"{model}.yaml"
         if model_file.is_file():
             self._update_internal_config_dict(model_file)

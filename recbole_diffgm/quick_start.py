@@ -18,6 +18,7 @@ from recbole.utils import get_environment, get_flops, init_logger, init_seed, se
 from recbole_diffgm.compat import load_checkpoint
 from recbole_diffgm.config import Config
 from recbole_diffgm.data.dataset import SIDDataset
+from recbole_diffgm.data.sid import SIDSettings, ship_sids
 from recbole_diffgm.errors import InputError
 from recbole_diffgm.utils import create_dataset, get_model, get_trainer
 
@@ -52,7 +53,10 @@ def run_recbole_diffgm(model=None, dataset=None, config_file_list=None, config_d
 
     Returns:
         dict: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``,
-        ``train_seconds``, ``test_seconds`` (loading the best checkpoint and scoring every test user),
+        ``train_seconds``, ``train_cpu_seconds`` (this process's CPU time; both without validation, across
+        resumes), ``valid_seconds`` (validation, wall), ``epochs_run``, ``best_epoch``, ``stop_reason`` (``patience``, ``epoch cap`` or ``time budget``),
+        ``curve`` (a row per validation: epoch, training seconds so far, every validation metric) and its
+        ``curve_file``, ``test_seconds`` (loading the best checkpoint and scoring every test user),
         ``test_users``, ``parameters``, ``device`` and ``model_file`` (``None`` when not saved); with several
         processes, rank 0's.
     """
@@ -102,11 +106,14 @@ def _run(model, dataset, config_file_list, config_dict, saved, callback_fn=None,
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     if resume_file:
         trainer.resume_checkpoint(resume_file)
-    start = time.perf_counter()
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"], callback_fn=callback_fn
     )
-    train_seconds = time.perf_counter() - start
+    train_seconds, valid_seconds = trainer.training_seconds(), trainer.validation_seconds()
+    logger.info(f"training stopped by the {trainer.stop_reason} after {trainer.epochs_trained} epochs: "
+                f"{train_seconds['wall'] / 60:.1f} min training ({train_seconds['process'] / 60:.1f} CPU-min) and "
+                f"{valid_seconds['wall'] / 60:.1f} min validation; best epoch {trainer.best_epoch()}; "
+                f"learning curve: {trainer.curve_file}")
     start = time.perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"]) if test else None
     test_seconds = time.perf_counter() - start
@@ -119,7 +126,14 @@ def _run(model, dataset, config_file_list, config_dict, saved, callback_fn=None,
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result,
         "test_result": test_result,
-        "train_seconds": train_seconds,
+        "train_seconds": train_seconds["wall"],
+        "train_cpu_seconds": train_seconds["process"],
+        "valid_seconds": valid_seconds["wall"],
+        "epochs_run": trainer.epochs_trained,
+        "best_epoch": trainer.best_epoch(),
+        "stop_reason": trainer.stop_reason,
+        "curve": trainer.curve,
+        "curve_file": str(trainer.curve_file),
         "test_seconds": test_seconds,
         "test_users": test_data.sample_size,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -128,8 +142,10 @@ def _run(model, dataset, config_file_list, config_dict, saved, callback_fn=None,
     }
 
 
-def build_item_sids(model=None, dataset=None, config_file_list=None, config_dict=None):
-    """Build (or load from the cache) the semantic IDs of ``dataset`` and report them, without training.
+def build_item_sids(model=None, dataset=None, config_file_list=None, config_dict=None, ship=False):
+    """Build (or load from the cache) the semantic IDs of ``dataset`` and report them, without training. With
+    ``ship``, also write them beside the dataset's atomic files (``data.sid.ship_sids``), where every later run
+    with the same settings takes them as they are, on any machine.
 
     Returns:
         SIDDataset: the dataset, with ``item_sid`` and ``sid_report``.
@@ -146,6 +162,9 @@ def build_item_sids(model=None, dataset=None, config_file_list=None, config_dict
     _, group, size = codes.unique(dim=0, return_inverse=True, return_counts=True)
     largest = (group == size.argmax()).nonzero()[:, 0] + 1
     texts = dataset.item_texts(config).texts
+    if ship:
+        settings = SIDSettings.from_config(config)
+        ship_sids(texts, settings, dataset.shipped_sids_file(config, settings, texts), config["show_progress"])
     logger.info(f"largest group, SID {codes[largest[0] - 1].tolist()}, {len(largest)} items:\n"
                 + "\n".join(f"  {dataset.id2token(dataset.iid_field, i)}  {texts[i - 1]}" for i in largest[:10].tolist()))
     return dataset

@@ -3,6 +3,8 @@ with a beam."""
 
 from __future__ import annotations
 
+import csv
+import logging
 import math
 import os
 import random
@@ -21,6 +23,26 @@ from recbole_diffgm.compat import load_checkpoint
 from recbole_diffgm.errors import InputError
 
 
+def _curve_file_of(model_file: str | Path) -> Path:
+    """The learning curve's CSV, named after the run's checkpoint: in the folder of RecBole's log file (which a
+    process keeps for all its runs), else beside the checkpoint."""
+    name = Path(model_file).with_suffix(".curve.csv").name
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            return Path(handler.baseFilename).parent / name
+    return Path(model_file).parent / name
+
+
+def _write_csv_atomically(rows: list[dict], path: Path) -> None:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".partial",
+                                     delete=False, newline="") as out:
+        writer = csv.DictWriter(out, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(out.name, path)
+
+
 def save_atomically(state: dict, path: str | Path) -> None:
     """``torch.save`` through a temporary file in the same folder, renamed into place: a reader never sees a
     partial checkpoint, and an interrupted write leaves the previous file as it was."""
@@ -28,6 +50,30 @@ def save_atomically(state: dict, path: str | Path) -> None:
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as out:
         torch.save(state, out, pickle_protocol=4)
     os.replace(out.name, path)
+
+
+def parse_duration(value, key: str) -> float | None:
+    """Seconds from ``value``: a number of seconds, or text with a unit (``90s``, ``60m``, ``1.5h``); ``None`` stays
+    ``None``. ``key`` names the setting in the error."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        seconds = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:
+        raise InputError(f"{key} '{value}': give a positive duration in seconds or with a unit, e.g. 3600, 60m, 1.5h")
+    return seconds
+
+
+def _now() -> dict[str, float]:
+    return {"wall": time.monotonic(), "process": time.process_time()}
+
+
+class _BudgetSpent(Exception):
+    """Raised between epochs when the next epoch would end past ``time_budget``."""
 
 
 def resume_file_of(model_file: str | Path) -> Path:
@@ -38,8 +84,20 @@ def resume_file_of(model_file: str | Path) -> Path:
 
 class PluginTrainerMixin:
     """What every trainer of this plugin adds to RecBole's (mixed into GenerativeTrainer and into RecBole's
-    trainers by ``utils.get_trainer``): atomic checkpoints, resumable runs, a time-left line per epoch, the
-    two places where RecBole reloads its own checkpoints (``compat.load_checkpoint``), and DDP:
+    trainers by ``utils.get_trainer``): atomic checkpoints, resumable runs, a time-left line per epoch, a
+    training-time budget, a learning curve, one selection rule, the two places where RecBole reloads its own
+    checkpoints (``compat.load_checkpoint``), and DDP:
+
+    - ``time_budget`` (``parse_duration``) on ``time_budget_clock`` (``wall`` or ``process`` CPU time) counts
+      training time, not validation (a model's decoding cost is not its training budget; ``validation_seconds``
+      reports it): training stops at the first epoch boundary where one more epoch, at the mean epoch time so
+      far, would end past the budget; never before the first validation. ``stop_reason`` then says
+      ``time budget`` (else ``patience`` or ``epoch cap``);
+    - ``curve``: after every validation, a row with the epoch, the training wall and CPU seconds so far, the
+      validation seconds so far and every validation metric, written to ``curve_file`` (a CSV beside the run's
+      log) as it grows, so that a killed run keeps its curve;
+    - ``valid_metric_weights`` (e.g. ``{ndcg@10: 0.8, recall@10: 0.2}``): model selection and early stopping on
+      that weighted sum of validation metrics instead of ``valid_metric`` alone, for any model;
 
     - at the start of every epoch after the first, the state after the previous one (weights, optimizer,
       early-stopping counters, every random generator, the training loader's shuffling generator) is written
@@ -68,6 +126,21 @@ class PluginTrainerMixin:
             self.saved_model_file = names[0]
         self._resumed_loader_state = None
         self._epoch_clock = None  # (first epoch of this process, when it started): the time-left estimate
+        self.time_budget = parse_duration(config["time_budget"], "time_budget")
+        clocks = {"wall": time.monotonic, "process": time.process_time}
+        if config["time_budget_clock"] not in clocks:
+            raise InputError(f"unknown time_budget_clock '{config['time_budget_clock']}'; choose one of wall, process")
+        self._budget_clock = clocks[config["time_budget_clock"]]
+        # Time so far ({clock: seconds}) with validation, and in validation alone, across resumes.
+        self._spent = {"wall": 0.0, "process": 0.0}
+        self._validating = {"wall": 0.0, "process": 0.0}
+        self.epochs_trained = 0  # every epoch of this run, with its validation, resumed ones included
+        self._clock_start = None
+        self._epoch_idx = None  # the epoch in progress, until it and its validation are over
+        self._last_epoch = -1
+        self.curve: list[dict] = []
+        self.curve_file = _curve_file_of(self.saved_model_file)
+        self.stop_reason = None
 
     def _is_writer(self) -> bool:
         return self.config["single_spec"] or self.config["local_rank"] == 0
@@ -83,13 +156,82 @@ class PluginTrainerMixin:
             self.logger.info(f"Saving current: {saved_model_file}")
 
     def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        if self._clock_start is None:
+            self._clock_start = _now()
+        self._close_epoch()
+        self._check_budget()
         if self._resumed_loader_state is not None:
             train_data.generator.set_state(self._resumed_loader_state)
             self._resumed_loader_state = None
         elif epoch_idx > 0 and self._is_writer():
             self._save_resume_state(epoch_idx - 1, train_data)
         self._log_time_left(epoch_idx)
+        self._epoch_idx = epoch_idx
         return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+
+    def _close_epoch(self) -> None:
+        """Count the epoch in progress (with its validation) as trained, once."""
+        if self._epoch_idx is not None:
+            self.epochs_trained, self._last_epoch, self._epoch_idx = self.epochs_trained + 1, self._epoch_idx, None
+
+    def _elapsed(self) -> dict[str, float]:
+        """Time so far on each clock (``wall``, ``process``), validation included, across resumes."""
+        if self._clock_start is None:
+            return dict(self._spent)
+        now = _now()
+        return {clock: self._spent[clock] + now[clock] - self._clock_start[clock] for clock in now}
+
+    def training_seconds(self) -> dict[str, float]:
+        """Training time so far on each clock, validation left out (``validation_seconds``), across resumes."""
+        elapsed = self._elapsed()
+        return {clock: elapsed[clock] - self._validating[clock] for clock in elapsed}
+
+    def validation_seconds(self) -> dict[str, float]:
+        return dict(self._validating)
+
+    def _check_budget(self) -> None:
+        if self.time_budget is None or self.epochs_trained == 0 or self.best_valid_result is None:
+            return
+        spent = self.training_seconds()[self.config["time_budget_clock"]]
+        if spent + spent / self.epochs_trained > self.time_budget:
+            self.logger.info(f"time budget: {spent / 60:.1f} of {self.time_budget / 60:.1f} min "
+                             f"({self.config['time_budget_clock']} clock) spent and an epoch takes "
+                             f"{spent / self.epochs_trained / 60:.1f} min: training stops; the best checkpoint is tested")
+            raise _BudgetSpent
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        start = _now()
+        valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        end = _now()
+        self._validating = {clock: self._validating[clock] + end[clock] - start[clock] for clock in end}
+        weights = self.config["valid_metric_weights"]
+        if weights:
+            prefix = getattr(self, "metric_prefix", "")
+            weights = {prefix + metric.lower(): weight for metric, weight in weights.items()}
+            missing = [metric for metric in weights if metric not in valid_result]
+            if missing:
+                raise InputError(f"valid_metric_weights names {missing}, which the validation does not compute "
+                                 f"(it computes {', '.join(valid_result)})")
+            valid_score = sum(weight * valid_result[metric] for metric, weight in weights.items())
+        self._record_curve(valid_score, valid_result)
+        return valid_score, valid_result
+
+    def _record_curve(self, valid_score: float, valid_result: dict) -> None:
+        seconds, validating = self.training_seconds(), self.validation_seconds()
+        self.curve.append({"epoch": self._epoch_idx, "train_seconds": round(seconds["wall"], 3),
+                           "train_cpu_seconds": round(seconds["process"], 3),
+                           "valid_seconds": round(validating["wall"], 3), "valid_score": float(valid_score),
+                           **{name: float(value) for name, value in valid_result.items()}})
+        if self._is_writer():
+            _write_csv_atomically(self.curve, self.curve_file)
+
+    def best_epoch(self) -> int | None:
+        """The epoch of the selected checkpoint: the last validation with the best score (RecBole's early stopping
+        takes a tie as an improvement)."""
+        if not self.curve:
+            return None
+        sign = 1 if self.valid_metric_bigger else -1
+        return max(reversed(self.curve), key=lambda row: sign * row["valid_score"])["epoch"]
 
     def _log_time_left(self, epoch_idx: int) -> None:
         now = time.monotonic()
@@ -103,7 +245,16 @@ class PluginTrainerMixin:
                          f"about {(epochs - epoch_idx) * per_epoch / 60:.0f} min left, less if early stopping ends it")
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
-        result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        try:
+            result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+            self._close_epoch()
+            self.stop_reason = "epoch cap" if self._last_epoch + 1 >= self.epochs else "patience"
+        except _BudgetSpent:
+            self.stop_reason = "time budget"
+            self._add_hparam_to_tensorboard(self.best_valid_score)
+            result = self.best_valid_score, self.best_valid_result
+        if self._clock_start is not None:  # a later fit (GenerativeTrainer's second phase) goes on from here
+            self._spent, self._clock_start = self._elapsed(), None
         resume_file_of(self.saved_model_file).unlink(missing_ok=True)  # finished: nothing left to resume
         return result
 
@@ -112,6 +263,8 @@ class PluginTrainerMixin:
             "config": self.config, "epoch": epoch, "cur_step": self.cur_step,
             "best_valid_score": self.best_valid_score, "best_valid_result": self.best_valid_result,
             "best_model_file": self.saved_model_file, "state_dict": self.model.state_dict(),
+            "elapsed_seconds": self._elapsed(), "validation_seconds": self.validation_seconds(),
+            "trained_epochs": self.epochs_trained, "curve": self.curve,
             "other_parameter": self.model.other_parameter(), "optimizer": self.optimizer.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -147,6 +300,10 @@ class PluginTrainerMixin:
         self.model.load_state_dict(checkpoint["state_dict"])
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self._spent = dict(checkpoint.get("elapsed_seconds", self._spent))
+        self._validating = dict(checkpoint.get("validation_seconds", self._validating))
+        self.epochs_trained = checkpoint.get("trained_epochs", 0)
+        self.curve = list(checkpoint.get("curve", []))
         rng = checkpoint.get("rng")
         if rng:
             torch.set_rng_state(rng["torch"])
@@ -166,34 +323,42 @@ class GenerativeTrainer(PluginTrainerMixin, Trainer):
     - validation starts at epoch ``eval_start_epoch`` (0-based; RecBole's ``eval_step`` still sets the interval),
       so the early epochs of a long recipe do not pay for beam decoding;
     - with ``warmup_steps`` set, the learning rate rises linearly for that many steps, then follows a cosine
-      to 0 at the last step of ``epochs`` (per optimizer step; a resumed run continues the schedule);
-    - with ``eval_level: sid``, a hit is generating the target's SID (the paper's protocol): each target
-      counts as its SID's representative item, which the model scores alone for its SID; every metric is
-      then reported with a ``sid_`` prefix (``sid_ndcg@10``);
-    - with ``valid_metric_weights`` (e.g. ``{ndcg@10: 0.8, recall@10: 0.2}``), model selection and early
-      stopping use that weighted sum of validation metrics instead of ``valid_metric`` alone.
+      to 0 at the last step of ``planned_epochs()`` (per optimizer step; a resumed run continues the schedule);
+    - with ``eval_level: sid``, the DiffGRM release's SID-level protocol (``GenerativeRecommender.sid_list``):
+      RecBole's evaluator ranks list positions, and the target is the position of its SID; with ``sid_masked``,
+      each target counts as its SID's representative item, which the model scores alone for its SID; the
+      metrics are reported with a ``sid_`` (``sid_ndcg@10``) or ``sid_masked_`` prefix.
     """
 
     def __init__(self, config, model):
         super().__init__(config, model)
         self.scheduler = None
-        self.metric_prefix = "sid_" if config["eval_level"] == "sid" else ""
+        self.metric_prefix = {"item": "", "sid": "sid_", "sid_masked": "sid_masked_"}.get(config["eval_level"], "")
         self.valid_metric = self.metric_prefix + self.valid_metric
 
     def _schedule_learning_rate(self, steps_per_epoch: int) -> None:
         warmup = self.config["warmup_steps"]
         if warmup is None or self.scheduler is not None:
             return
-        total, done = self.epochs * steps_per_epoch, self.start_epoch * steps_per_epoch
+        done = self.start_epoch * steps_per_epoch
 
         def factor(step: int) -> float:
             step += done
             if step < warmup:
                 return step / max(1, warmup)
+            total = self.planned_epochs() * steps_per_epoch
             return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
         self.scheduler = LambdaLR(self.optimizer, factor)
         self.optimizer.register_step_post_hook(lambda *_: self.scheduler.step())
+
+    def planned_epochs(self) -> int:
+        """The epochs the cosine decays over: ``epochs``, or with ``time_budget`` the epochs that fit in it at the
+        mean epoch time so far (re-planned after every epoch), so that a budgeted run ends with a decayed rate."""
+        if self.time_budget is None or self.epochs_trained == 0:
+            return self.epochs
+        per_epoch = self.training_seconds()[self.config["time_budget_clock"]] / self.epochs_trained
+        return max(self.epochs_trained + 1, min(self.epochs, int(self.time_budget // per_epoch)))
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self._schedule_learning_rate(len(train_data))
@@ -206,8 +371,14 @@ class GenerativeTrainer(PluginTrainerMixin, Trainer):
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
     def _full_sort_batch_eval(self, batched_data):
+        if self.model.eval_level == "sid":  # the release's list: columns are list positions, not items
+            interaction, _, positive_u, positive_i = batched_data
+            interaction = interaction.to(self.device)
+            scores, columns = self.model.sid_list(interaction[self.model.ITEM_SEQ], positive_u.to(self.device),
+                                                  positive_i.to(self.device))
+            return interaction, scores, positive_u, columns.to(positive_i.device)
         interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
-        if self.metric_prefix:
+        if self.model.eval_level == "sid_masked":
             positive_i = self.model.sid_representative[positive_i.to(self.device)].to(positive_i.device)
         return interaction, scores, positive_u, positive_i
 
@@ -218,15 +389,6 @@ class GenerativeTrainer(PluginTrainerMixin, Trainer):
     def _valid_epoch(self, valid_data, show_progress=False):
         test_beam_size, self.model.beam_size = self.model.beam_size, self.config["valid_beam_size"]
         try:
-            valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
+            return super()._valid_epoch(valid_data, show_progress=show_progress)
         finally:
             self.model.beam_size = test_beam_size
-        weights = self.config["valid_metric_weights"]
-        if weights:
-            weights = {self.metric_prefix + metric: weight for metric, weight in weights.items()}
-            missing = [metric for metric in weights if metric not in valid_result]
-            if missing:
-                raise InputError(f"valid_metric_weights names {missing}, which the validation does not compute "
-                                 f"(it computes {', '.join(valid_result)})")
-            valid_score = sum(weight * valid_result[metric] for metric, weight in weights.items())
-        return valid_score, valid_result

@@ -1,31 +1,110 @@
-"""Benchmark mode: every model on one split, each in its own process; a failed model keeps its row."""
+"""Benchmark mode: every row on one split, each run in its own process; a failed model keeps its row; finished
+runs are reused and killed ones resume."""
 
 from __future__ import annotations
 
 import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
+import pytest
 import yaml
 from conftest import NAME
 
 from recbole_diffgm.benchmark import run_benchmark
 
 
+def read_table(results):
+    with (results / f"{NAME}.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
 def test_the_benchmark_writes_every_row_including_a_failed_one(tiny_config, tmp_path):
-    settings = {**tiny_config, "epochs": 1, "topk": [5, 10], "hidden_size": 16, "embedding_size": 16}
-    rows = run_benchmark(["GRU4Rec", "NoSuchModel", "DiffGM"], NAME, config_dict=settings,
-                         results_dir=str(tmp_path / "results"))
-    assert [row["model"] for row in rows] == ["GRU4Rec", "NoSuchModel", "DiffGM"]
-    gru, missing, diffgm = rows
-    assert not gru["error"] and not diffgm["error"] and "NoSuchModel" in missing["error"]
+    settings = {**tiny_config, "epochs": 2, "stopping_step": 5, "topk": [5, 10], "hidden_size": 16,
+                "embedding_size": 16}
+    results = tmp_path / "results"
+    rows = run_benchmark(["GRU4Rec", "NoSuchModel", "DiffGM", "DiffGM@sid-disambiguate"], NAME,
+                         config_dict=settings, results_dir=str(results))
+    assert [row["model"] for row in rows] == ["GRU4Rec", "NoSuchModel", "DiffGM", "DiffGM@sid-disambiguate"]
+    gru, missing, diffgm, unique = rows
+    assert not gru["error"] and not diffgm["error"] and not unique["error"] and "NoSuchModel" in missing["error"]
     assert "recall@5" in gru and "sid_recall@5" not in gru  # SID-level only for generative models
     assert {"recall@5", "sid_recall@5", "inference_ms_per_user", "parameters", "peak_memory_mb"} <= set(diffgm)
-    with (tmp_path / "results" / f"{NAME}.csv").open() as handle:
-        table = list(csv.DictReader(handle))
-    assert [line["model"] for line in table] == ["GRU4Rec", "NoSuchModel", "DiffGM"]
+    table = read_table(results)
+    assert [line["model"] for line in table] == ["GRU4Rec", "NoSuchModel", "DiffGM", "DiffGM@sid-disambiguate"]
     assert "NoSuchModel" in table[1]["error"] and table[1]["recall@5"] == "–"
     assert float(table[2]["recall@5"]) == round(diffgm["recall@5"], 4)
-    markdown = (tmp_path / "results" / f"{NAME}.md").read_text()
-    assert markdown.count("\n| ") == 4  # header + 3 rows
-    assert (tmp_path / "results" / f"{NAME}.png").stat().st_size > 0
-    config = yaml.safe_load((tmp_path / "results" / f"{NAME}-configs" / "DiffGM.yaml").read_text())
-    assert config["model"] == "DiffGM" and config["epochs"] == 1 and config["n_embd"] == 32
+    # Each generative row states its SIDs; the recipe row runs with its own policy.
+    assert table[0]["SIDs"] == "" and table[2]["SIDs"].startswith("opq 4×8, keep: ")
+    assert table[3]["SIDs"].startswith("opq 4×8 +1, disambiguate: 0.0% items share a SID (")
+    assert table[2]["epochs run"] == "2" and table[2]["stopped by"] == "epoch cap"
+    markdown = (results / f"{NAME}.md").read_text()
+    assert markdown.count("\n| ") == 5  # header + 4 rows
+    assert "Every row: checkpoint selected on validation NDCG@5; at most 2 epochs, patience 5 validations." in markdown
+    assert (results / f"{NAME}.png").stat().st_size > 0 and (results / f"{NAME}-curves.png").stat().st_size > 0
+    with (results / f"{NAME}-curves" / "DiffGM.csv").open() as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1"]
+    config = yaml.safe_load((results / f"{NAME}-configs" / "DiffGM.yaml").read_text())
+    assert config["model"] == "DiffGM" and config["epochs"] == 2 and config["n_embd"] == 32
+    assert yaml.safe_load((results / f"{NAME}-configs" / "DiffGM-sid-disambiguate.yaml").read_text())[
+        "sid_collision"] == "disambiguate"
+
+
+def test_a_finished_run_is_reused_until_its_config_changes(tiny_config, tmp_path):
+    settings = {**tiny_config, "epochs": 1}
+    results = str(tmp_path / "results")
+    (first,) = run_benchmark(["DiffGM"], NAME, config_dict=settings, results_dir=results)
+    (again,) = run_benchmark(["DiffGM"], NAME, config_dict=settings, results_dir=results)
+    assert first["reused"] == 0 and again["reused"] == 1
+    assert again["ndcg@5"] == first["ndcg@5"] and again["train_seconds"] == first["train_seconds"]
+    assert read_table(tmp_path / "results")[0]["reused"] == "1"
+    (changed,) = run_benchmark(["DiffGM"], NAME, config_dict={**settings, "learning_rate": 0.001},
+                               results_dir=results)
+    assert changed["reused"] == 0
+
+
+def test_a_killed_benchmark_resumes_its_run_to_the_same_end(tiny_config, tmp_path):
+    settings = {**tiny_config, "epochs": 6, "eval_step": 1, "stopping_step": 10}
+    (whole,) = run_benchmark(["DiffGM"], NAME, config_dict=settings, results_dir=str(tmp_path / "whole"))
+
+    script = ("import json, sys\nfrom recbole_diffgm.benchmark import run_benchmark\n"
+              f"run_benchmark(['DiffGM'], {NAME!r}, config_dict=json.loads(sys.argv[1]), results_dir='killed')")
+    process = subprocess.Popen([sys.executable, "-c", script, json.dumps(settings)], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    run_dir = tmp_path / "killed" / f"{NAME}-runs" / "DiffGM"
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        if list(run_dir.glob("*-resume.pth")):  # an epoch has finished
+            os.killpg(process.pid, signal.SIGKILL)  # the benchmark and its run's process
+            break
+        time.sleep(0.005)
+    assert process.wait() == -9, "the benchmark finished before it could be killed"
+    assert not (run_dir / "run.json").exists()
+
+    (resumed,) = run_benchmark(["DiffGM"], NAME, config_dict=settings, results_dir=str(tmp_path / "killed"))
+    assert resumed["reused"] == 0 and not resumed["error"]
+    log = "".join(path.read_text() for path in (tmp_path / "log").rglob("*.log"))
+    assert "Resume training from epoch" in log
+    for metric in ("recall@5", "ndcg@5", "sid_recall@5", "epochs_run"):
+        assert resumed[metric] == whole[metric], metric
+    assert [point["ndcg@5"] for point in resumed["curves"][0]] == [point["ndcg@5"] for point in whole["curves"][0]]
+
+
+def test_a_row_names_a_model_and_recipes_that_come_before_the_shared_files():
+    from recbole_diffgm.benchmark import Row
+    from recbole_diffgm.config import PROPERTIES_DIR
+    from recbole_diffgm.errors import InputError
+
+    row = Row.parse("DiffGM@DiffGM-cpu+sid-disambiguate")
+    recipes = PROPERTIES_DIR / "recipes"
+    assert row.model == "DiffGM" and row.file_name == "DiffGM-DiffGM-cpu-sid-disambiguate"
+    assert row.config_files(["budget.yaml"]) == [str(recipes / "DiffGM-cpu.yaml"),
+                                                 str(recipes / "sid-disambiguate.yaml"), "budget.yaml"]
+    assert Row.parse("SASRec").config_files(None) is None
+    with pytest.raises(InputError, match="recipe 'nope' is neither a yaml file nor one of properties/recipes: "
+                                         "DiffGM-cpu, SASRec-strong, TIGER-cpu, sid-disambiguate"):
+        Row.parse("SASRec@nope")

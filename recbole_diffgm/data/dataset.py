@@ -10,7 +10,12 @@ import torch
 from recbole.data.dataset import SequentialDataset
 
 from recbole_diffgm.data import item_text
-from recbole_diffgm.data.sid import SIDSettings, build_sids, encode_new_items
+from recbole_diffgm.data.sid import (
+    SIDSettings,
+    build_sids,
+    encode_new_items,
+    shipped_sids_file,
+)
 from recbole_diffgm.data.sid.collisions import collision_report
 from recbole_diffgm.errors import InputError
 
@@ -31,6 +36,7 @@ class SIDDataset(SequentialDataset):
             ``sid_collision: disambiguate``.
         sid_report (CollisionReport): unique SIDs, colliding items, code usage (before the collision policy).
         sid_key (str): digest of everything that determined the codes (texts, text model, quantizer, policy).
+        sid_source (str): ``built``, ``cache`` or the path of the SIDs shipped with the dataset.
 
     With ``sid_catalogue`` (a trained model's ``{"key", "tokens", "codes"}``: the SIDs it was trained on), the
     items of that catalogue keep their SIDs, and items added to the ``.item`` file since get theirs from their
@@ -51,11 +57,14 @@ class SIDDataset(SequentialDataset):
                            "their text is 'Item: <item id>.'")
 
         if sid_catalogue is None:
-            result = build_sids(text.texts, settings, show_progress=config["show_progress"])
+            result = build_sids(text.texts, settings, show_progress=config["show_progress"],
+                                shipped=self.shipped_sids_file(config, settings, text.texts))
             codes, self.sid_report, self.sid_key = result.codes, result.report, result.key
+            self.sid_source = result.source
         else:
             codes = self._extend_catalogue(config, settings, text.texts, sid_catalogue)
             self.sid_report, self.sid_key = collision_report(codes[:, :settings.quantizer.n_digit]), sid_catalogue["key"]
+            self.sid_source = "model"
         padding = np.full((1, codes.shape[1]), PADDING_CODE)
         self.item_sid = torch.from_numpy(np.concatenate([padding, codes]))
         logger.info(f"semantic IDs ({settings.sid_quantizer}): {self.sid_report}")
@@ -77,10 +86,15 @@ class SIDDataset(SequentialDataset):
                                  "settings of the items the model was trained on have changed, so new items cannot "
                                  "get SIDs from the model's quantizer; restore them or retrain")
             codes[new] = encode_new_items([texts[index] for index in new], catalogue_texts, catalogue["codes"],
-                                          settings, show_progress=config["show_progress"])
+                                          settings, show_progress=config["show_progress"],
+                                          shipped=self.shipped_sids_file(config, settings, catalogue_texts))
             logger.info(f"{len(new):,} items are new since training: their SIDs come from their text through the "
                         f"model's {settings.sid_quantizer} quantizer (no refit)")
         return codes
+
+    def shipped_sids_file(self, config, settings: SIDSettings, texts: list[str]) -> Path:
+        """Where this dataset would ship the SIDs of ``settings``: beside its atomic files."""
+        return shipped_sids_file(Path(config["data_path"]), self.dataset_name, settings, texts)
 
     def item_texts(self, config) -> item_text.ItemTexts:
         item_file = Path(config["data_path"]) / f"{self.dataset_name}.item"

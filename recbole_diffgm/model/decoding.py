@@ -137,6 +137,55 @@ def rank_sids(codes: torch.Tensor, scores: torch.Tensor, legal: torch.Tensor, de
     return unique[order], merged
 
 
+def first_hit_list(leaves: torch.Tensor, legal: torch.Tensor, rows: torch.Tensor,
+                   target_leaves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DiffGRM release's SID-level list, as scores RecBole's evaluator can rank, and where each target is.
+
+    ``leaves [B, G]``: each beam's catalogue SID (``PrefixTrie.lookup``), beams in score order; ``legal [B, G]``:
+    beams whose SID some item has. As the release builds its list: beams that are not legal are dropped, a SID
+    reached by an earlier beam is dropped (its best beam stays), the rest keep their order. Returns ``scores
+    [B, G + 1]`` (kept beams ``G - position``; dropped ones ``-1``; the last column, ``-2``, stands for every SID
+    the list misses) and, for each target (user ``rows [P]``, SID ``target_leaves [P]``), ``columns [P]``: the
+    column of its SID in its user's list, else ``G``. Only the first match can be a hit, and recall is at most
+    1, as in the release's evaluator.
+    """
+    count = leaves.shape[1]
+    earlier = torch.ones(count, count, dtype=torch.bool, device=leaves.device).tril(-1)
+    repeated = ((leaves[:, :, None] == leaves[:, None, :]) & legal[:, None, :] & earlier).any(dim=2)
+    kept = legal & ~repeated
+    position = kept.long().cumsum(dim=1) - 1
+    scores = torch.where(kept, (count - position).float(), -1.0)
+    scores = torch.cat([scores, scores.new_full((len(scores), 1), -2.0)], dim=1)
+    hit = kept[rows] & (leaves[rows] == target_leaves[:, None])
+    columns = torch.where(hit.any(dim=1), hit.long().argmax(dim=1), count)
+    return scores, columns
+
+
+def group_ranks(groups: torch.Tensor, popularity: torch.Tensor) -> torch.Tensor:
+    """Each item's place ``[N]`` (0 = first) among the items of its group (``groups [N]``, e.g. its SID): by
+    ``popularity`` (descending), then item id (ascending)."""
+    items = torch.arange(len(groups))
+    order = torch.argsort(-popularity, stable=True)  # equal popularity keeps item id order
+    order = order[torch.argsort(groups[order], stable=True)]
+    sorted_groups = groups[order]
+    starts = torch.ones_like(sorted_groups, dtype=torch.bool)
+    starts[1:] = sorted_groups[1:] != sorted_groups[:-1]
+    first = torch.cummax(torch.where(starts, items, 0), dim=0).values  # the position where each run of a group starts
+    ranks = torch.empty_like(groups)
+    ranks[order] = items - first
+    return ranks
+
+
+def break_ties(scores: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+    """``scores [B, N]`` (float32; items of a group share one) -> float64 scores that keep every float32 order and
+    order the items of a group by ``ranks [N]`` exactly: item ``r`` of a group steps down by ``r / (max r + 1)`` of
+    the gap to the next lower float32, so it never passes a lower score (a fixed epsilon is lost in float32 at
+    large magnitudes, or can pass one)."""
+    gap = (scores - torch.nextafter(scores, scores.new_tensor(float("-inf")))).double()
+    step = ranks.double() / (int(ranks.max()) + 1)
+    return torch.where(scores.isfinite(), scores.double() - gap * step, scores.double())
+
+
 class PrefixTrie:
     """The SID prefixes of a catalogue, for decoding constrained to SIDs that some item has.
 

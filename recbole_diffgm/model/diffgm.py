@@ -66,13 +66,15 @@ class DiffGM(SIDTransformer):
         self.apply(self._init_weights)
         nn.init.normal_(self.mask_embedding, std=0.02)
 
-    def denoise(self, codes: torch.Tensor, memory_kv: MemoryKV, memory_mask: torch.Tensor) -> torch.Tensor:
+    def denoise(self, codes: torch.Tensor, memory_kv: MemoryKV, memory_mask: torch.Tensor,
+                every_slot: bool = False) -> torch.Tensor:
         """Codes ``[B, G, n]`` (``MASK`` where hidden) -> log-probabilities ``[B, G, n, K]`` of the hidden slots
-        (``-inf`` at the visible ones: neither training nor decoding reads them, so they are not computed)."""
+        (``-inf`` at the visible ones: neither training nor decoding reads them, so they are not computed), or
+        with ``every_slot`` of every slot (the refreshed OCN probe ranks the visible ones)."""
         visible = codes != MASK
         tokens = self.token_embedding(torch.where(visible, codes + self.code_offsets, 0))
         return self.decode_slots(torch.where(visible[..., None], tokens, self.mask_embedding), memory_kv, memory_mask,
-                                 scored=~visible)
+                                 scored=None if every_slot else ~visible)
 
     # ----- training: OCN ---------------------------------------------------------------------------------
 
@@ -93,7 +95,8 @@ class DiffGM(SIDTransformer):
     def guided_order(self, target: torch.Tensor, memory_kv, memory_mask) -> torch.Tensor:
         """``[B, n]``: the order in which OCN hides the target's slots, least (``guided_select: most``: most)
         confident first, by the model's own prediction with every slot hidden (a probe in eval mode). With
-        ``guided_refresh`` the probe is repeated after each hidden slot, on the target with those slots hidden."""
+        ``guided_refresh`` the probe is repeated after each hidden slot, on the target with those slots hidden, and
+        the next slot is the least confident of the still visible ones (as the release's refresh variant)."""
         was_training = self.training
         self.eval()
         batch, n = target.shape
@@ -102,7 +105,8 @@ class DiffGM(SIDTransformer):
         chosen = torch.zeros_like(hidden)
         order = []
         for _ in range(n - 1 if self.guided_refresh else 1):
-            log_probs = self.denoise(target.masked_fill(hidden, MASK)[:, None], memory_kv, memory_mask)[:, 0]
+            log_probs = self.denoise(target.masked_fill(hidden, MASK)[:, None], memory_kv, memory_mask,
+                                     every_slot=True)[:, 0]
             if self.guided_confidence == "msp":
                 confidence = log_probs.amax(dim=-1)
             else:  # entropy: confidence = -entropy

@@ -3,7 +3,14 @@
 A subclass trains with ``calculate_loss`` and decodes with ``decode(item_seq, beam_size)``, which returns
 beams of SIDs with their scores and per-digit log-probabilities for the SIDs the beam did not reach. This
 class turns that into RecBole's contract: ``full_sort_predict`` scores every item (item-level metrics by
-default, the SID-level protocol with ``eval_level: sid``), and ``generate`` returns recommendation lists.
+default), ``sid_list`` is the DiffGRM release's SID-level list (``eval_level: sid``), and ``generate`` returns
+recommendation lists. ``eval_level``:
+
+- ``item``: every item ranked, the user's history masked (RecBole's protocol), a hit is the exact item;
+- ``sid``: the DiffGRM release's SID-level protocol: the beam's SIDs by score, SIDs no item has and repeats
+  dropped, nothing masked, a hit is the target's SID among the first k (metrics ``sid_*``);
+- ``sid_masked``: SID level with RecBole's conventions: one item per SID scored as at item level (every SID
+  ranked, the history's items masked), a hit is the target's SID (metrics ``sid_masked_*``).
 
 Beware a leak: RecBole joins the target item's features into each evaluation row; scores here read only the
 history (``ITEM_SEQ``) and the model's own ``item_sid`` table, never an item feature from the batch.
@@ -18,7 +25,7 @@ from torch import nn
 
 from recbole_diffgm.data.dataset import SIDDataset
 from recbole_diffgm.errors import InputError
-from recbole_diffgm.model.decoding import PrefixTrie, rank_sids
+from recbole_diffgm.model.decoding import PrefixTrie, break_ties, first_hit_list, group_ranks, rank_sids
 from recbole_diffgm.trainer import GenerativeTrainer
 
 
@@ -48,7 +55,7 @@ class GenerativeRecommender(SequentialRecommender):
             if not (isinstance(config[key], int) and config[key] >= largest_k):
                 raise InputError(f"{key} {config[key]!r} is smaller than the largest topk {largest_k}: the beam must "
                                  "reach at least as many SIDs as the metrics rank")
-        self.eval_level = config_choice(config, "eval_level", ("item", "sid"))
+        self.eval_level = config_choice(config, "eval_level", ("item", "sid", "sid_masked"))
         # "none" (duplicate SIDs kept in a list) exists only for generate(): a score per item cannot repeat one.
         self.dedup_strategy = config_choice(config, "dedup_strategy", ("simple", "weighted"))
         # Item ids as token ids: digit d, code c -> d * n_codes + c; the last row is the padding item.
@@ -61,14 +68,14 @@ class GenerativeRecommender(SequentialRecommender):
         self.sid_trie = PrefixTrie(item_sid[1:], self.n_codes)
         item_leaf = torch.cat([torch.tensor([self.sid_trie.n_sids]), self.sid_trie.lookup(item_sid[1:])])
         self.register_buffer("item_leaf", item_leaf, persistent=False)  # the padding item: the spare column
-        # SID-level evaluation ranks one item per SID: the smallest item id of each SID stands for it.
+        # eval_level sid_masked ranks one item per SID: the smallest item id of each SID stands for it.
         _, sid_group = item_sid.unique(dim=0, return_inverse=True)
         first_of_group = torch.full((int(sid_group.max()) + 1,), len(item_sid)).scatter_reduce(
             0, sid_group, torch.arange(len(item_sid)), reduce="amin")
         self.register_buffer("sid_representative", first_of_group[sid_group], persistent=False)
-        # Training popularity breaks ties between items that share a SID (sid_collision: keep).
+        # Items that share a SID (sid_collision: keep) are ordered by training popularity, then item id.
         popularity = torch.bincount(torch.as_tensor(dataset.inter_feat[self.ITEM_ID]), minlength=self.n_items)
-        self.register_buffer("tie_break", popularity.float() / (popularity.max() + 1) * 1e-4, persistent=False)
+        self.register_buffer("sid_group_rank", group_ranks(sid_group, popularity), persistent=False)
         # Saved with the weights (RecBole's other_parameter): a reloaded model keeps the SIDs it was trained on,
         # and items added later get theirs from the same quantizer (SIDDataset).
         self.other_parameter_name = ["sid_catalogue"]
@@ -97,13 +104,21 @@ class GenerativeRecommender(SequentialRecommender):
         return [tuple(part[:top_k] for part in rank_sids(c, s, ok, dedup or self.dedup_strategy))
                 for c, s, ok in zip(codes, scores, legal)]
 
+    @torch.no_grad()
+    def sid_list(self, item_seq: torch.Tensor, rows: torch.Tensor, target_items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``eval_level: sid``: the release's list as ``scores [B, beam + 1]`` and the column of each target
+        (user ``rows``, item ``target_items``; ``first_hit_list``), for RecBole's evaluator to rank."""
+        codes, scores, _ = self.decode(item_seq, self.beam_size)
+        leaves = self.sid_trie.lookup(codes)
+        return first_hit_list(leaves, (leaves >= 0) & scores.isfinite(), rows, self.item_leaf[target_items])
+
     def full_sort_predict(self, interaction) -> torch.Tensor:
         """Scores ``[B, n_items]``: items whose SID the beam reached first, by beam score; then every other
         item by the sum of its digits' ``fallback_log_probs`` (DiffGM: the all-masked step). A SID reached by several
         beams (different fill orders) scores its best beam (``dedup_strategy: simple``) or the log of their
         summed probabilities (``weighted``). Items sharing a SID are
-        ordered by training popularity. With ``eval_level: sid`` only each SID's representative item is
-        scored (the paper's SID-level protocol)."""
+        ordered by training popularity, then item id, exactly (``break_ties``: float64 scores). With ``eval_level`` ``sid_masked`` (or ``sid``, whose evaluation reads
+        ``sid_list`` instead) only each SID's representative item is scored."""
         codes, scores, fallback_log_probs = self.decode(interaction[self.ITEM_SEQ], self.beam_size)
         batch, _, n = codes.shape
         # Beams by catalogue SID (a leaf of the trie); SIDs no item has go to the spare last column.
@@ -122,10 +137,10 @@ class GenerativeRecommender(SequentialRecommender):
         lowest_hit = torch.where(hit, reached, float("inf")).amin(dim=1, keepdim=True)
         shift = (fallback.amax(dim=1, keepdim=True) - lowest_hit + 1).clamp(min=0)  # 0 when nothing was reached
         item_scores = torch.where(hit, reached, fallback - shift)
-        if self.eval_level == "sid":  # one entry per SID; GenerativeTrainer maps each target to its SID's entry
+        if self.eval_level != "item":  # one entry per SID; GenerativeTrainer maps each target to its SID's entry
             item_scores[:, self.sid_representative != torch.arange(self.n_items, device=codes.device)] = float("-inf")
         else:
-            item_scores = item_scores + self.tie_break
+            item_scores = break_ties(item_scores, self.sid_group_rank)
         item_scores[:, 0] = float("-inf")
         return item_scores
 

@@ -1,10 +1,10 @@
 """Pre-LayerNorm transformer blocks shared by the generative models.
 
 Attention uses one fused, bias-free QKV projection and a biased output projection (DiffGRM's layout).
-A decoder block's cross-attention reuses the block's own QKV weights on the memory, so a block has one
-set of attention weights for both. The memory's keys and values are projected once per user
-(``Attention.memory_kv``) and shared by every group of decoder slots of that user: the training views,
-or the beams and steps of decoding.
+A decoder block's cross-attention has its own weights, as in the DiffGRM release (and T5/TIGER); with
+``shared_attention`` it reuses the self-attention's (this project's first layout, kept as a measured option).
+The memory's keys and values are projected once per user (``Attention.memory_kv``) and shared by every group
+of decoder slots of that user: the training views, or the beams and steps of decoding.
 
 Histories are short and padded to a fixed length (Amazon Beauty: 8.4 real items of 50 on average), so the
 encoder runs packed: its per-token work (projections, FFN, norms) sees only the ``T`` real tokens
@@ -95,17 +95,24 @@ class DecoderBlock(nn.Module):
     """Self-attention within each group of decoder slots (bidirectional, or causal), cross-attention of all
     of a user's groups to that user's memory, FFN. ``x`` is ``[B, G, n, D]``: G groups of n slots per user."""
 
-    def __init__(self, d_model: int, n_heads: int, d_inner: int, dropout: float, head_dim: int | None = None):
+    def __init__(self, d_model: int, n_heads: int, d_inner: int, dropout: float, head_dim: int | None = None,
+                 shared_attention: bool = False):
         super().__init__()
         self.ln_self = nn.LayerNorm(d_model)
         self.ln_cross = nn.LayerNorm(d_model)
         self.attn = Attention(d_model, n_heads, dropout, head_dim)
+        self.cross_attn = None if shared_attention else Attention(d_model, n_heads, dropout, head_dim)
         self.ln_ffn = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, d_inner, dropout)
+
+    @property
+    def memory_attention(self) -> Attention:
+        """The attention that reads the memory: its own, or the self-attention's with ``shared_attention``."""
+        return self.attn if self.cross_attn is None else self.cross_attn
 
     def forward(self, x: torch.Tensor, memory_kv: tuple[torch.Tensor, torch.Tensor], memory_mask: torch.Tensor,
                 causal: bool = False) -> torch.Tensor:
         x = x + self.attn(self.ln_self(x).flatten(0, 1), causal=causal).view_as(x)
-        cross = self.attn(self.ln_cross(x).flatten(1, 2), memory_kv=memory_kv, key_mask=memory_mask)
+        cross = self.memory_attention(self.ln_cross(x).flatten(1, 2), memory_kv=memory_kv, key_mask=memory_mask)
         x = x + cross.view_as(x)
         return x + self.ffn(self.ln_ffn(x))

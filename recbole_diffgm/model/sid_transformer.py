@@ -2,12 +2,14 @@
 
 A history item is the MLP of its digits' embeddings, plus its position; a bidirectional encoder reads the
 items (packed: padding costs nothing); decoder blocks over the target's digit slots attend to each other
-and, with a padding mask, to the history. Slot ``s`` is scored against digit ``s``'s code embeddings, the
+and, with a padding mask and their own attention weights (``decoder_cross_attention``), to the history. Slot ``s`` is scored against digit ``s``'s code embeddings, the
 same table that embeds the digits (weight tying), and one final LayerNorm serves encoder and decoder (the
 released DiffGRM code).
 """
 
 from __future__ import annotations
+
+from logging import getLogger
 
 import torch
 from torch import nn
@@ -29,7 +31,8 @@ class SIDTransformer(GenerativeRecommender):
         self.init_history_embedding(config)
         self.encoder = nn.ModuleList(EncoderBlock(d_model, n_heads, d_inner, dropout, head_dim)
                                      for _ in range(config["encoder_n_layer"]))
-        self.decoder = nn.ModuleList(DecoderBlock(d_model, n_heads, d_inner, dropout, head_dim)
+        shared = config_choice(config, "decoder_cross_attention", ("separate", "shared")) == "shared"
+        self.decoder = nn.ModuleList(DecoderBlock(d_model, n_heads, d_inner, dropout, head_dim, shared)
                                      for _ in range(config["decoder_n_layer"]))
         self.ln_f = nn.LayerNorm(d_model)
         self.autocast_dtype = {"none": None, "bf16": torch.bfloat16}[
@@ -37,6 +40,14 @@ class SIDTransformer(GenerativeRecommender):
         if config["compile"]:  # the decoder: the hot path of decoding; in place, so checkpoints keep their names
             for block in self.decoder:
                 block.compile(dynamic=True)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if not any(".cross_attn." in name for name in state_dict) and self.decoder[0].cross_attn is not None:
+            getLogger().warning("these weights predate separate cross-attention weights: the decoder blocks share "
+                                "their self-attention's, as when they were trained (decoder_cross_attention: shared)")
+            for block in self.decoder:
+                block.cross_attn = None
+        return super().load_state_dict(state_dict, strict, assign)
 
     def autocast(self, device: torch.device) -> torch.autocast:
         return torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
@@ -61,7 +72,7 @@ class SIDTransformer(GenerativeRecommender):
             for block in self.encoder:
                 hidden = block(hidden, mask)
             memory = self.ln_f(hidden)
-            return [block.attn.memory_kv(memory, mask) for block in self.decoder], mask
+            return [block.memory_attention.memory_kv(memory, mask) for block in self.decoder], mask
 
     def decode_slots(self, hidden: torch.Tensor, memory_kv: MemoryKV, memory_mask: torch.Tensor,
                      causal: bool = False, scored: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,75 @@
+"""Training to a budget: a time budget that stops between epochs, the stop reason, the learning curve, and one
+selection rule (valid_metric_weights) for every model."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from conftest import NAME
+from recbole.trainer import Trainer
+
+from recbole_diffgm import InputError, run_recbole_diffgm
+from recbole_diffgm.trainer import parse_duration
+
+
+def diffgm(tiny_config, **settings) -> dict:
+    return {**tiny_config, "epochs": 3, "eval_step": 1, "stopping_step": 10, **settings}
+
+
+@pytest.mark.parametrize("clock", ["wall", "process"])
+def test_a_time_budget_stops_between_epochs_and_tests_the_best_checkpoint(tiny_config, clock, caplog):
+    with caplog.at_level("INFO"):
+        result = run_recbole_diffgm("DiffGM", NAME, config_dict=diffgm(
+            tiny_config, epochs=50, time_budget="0.01s", time_budget_clock=clock))
+    assert result["stop_reason"] == "time budget" and result["epochs_run"] == 1  # never before one validation
+    assert result["best_epoch"] == 0 and set(result["test_result"]) == {"recall@5", "ndcg@5"}
+    assert "training stops; the best checkpoint is tested" in caplog.text
+    assert [point["epoch"] for point in result["curve"]] == [0]
+
+
+def test_without_a_budget_a_run_stops_at_the_epoch_cap_or_by_patience_and_keeps_its_curve(tiny_config):
+    result = run_recbole_diffgm("DiffGM", NAME, config_dict=diffgm(tiny_config))
+    assert result["stop_reason"] == "epoch cap" and result["epochs_run"] == 3
+    curve = result["curve"]
+    assert [point["epoch"] for point in curve] == [0, 1, 2]
+    assert curve[0]["train_seconds"] < curve[1]["train_seconds"] < curve[2]["train_seconds"]
+    assert all(point["valid_score"] == point["ndcg@5"] for point in curve)  # valid_metric NDCG@5
+    best = max(curve, key=lambda point: point["valid_score"])
+    assert result["best_epoch"] == best["epoch"] and result["best_valid_result"]["ndcg@5"] == best["ndcg@5"]
+    with Path(result["curve_file"]).open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2]
+    assert {"train_seconds", "train_cpu_seconds", "valid_score", "ndcg@5", "recall@5"} <= set(rows[0])
+
+
+
+def test_patience_stops_a_run_and_a_tie_selects_the_later_epoch(tiny_config, monkeypatch):
+    # Validation scores that rise, tie, then fall: RecBole's early stopping counts a tie as an improvement.
+    scores = iter([0.1, 0.3, 0.3, 0.2, 0.1, 0.0])
+    monkeypatch.setattr(Trainer, "_valid_epoch", lambda self, data, show_progress=False: (
+        (score := next(scores)), {"recall@5": score, "ndcg@5": score}))
+    result = run_recbole_diffgm("DiffGM", NAME, config_dict=diffgm(tiny_config, epochs=6, stopping_step=1))
+    assert result["stop_reason"] == "patience" and result["epochs_run"] == 5
+    assert result["best_epoch"] == 2 and [point["valid_score"] for point in result["curve"]] == [0.1, 0.3, 0.3, 0.2, 0.1]
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(120, 120), ("90s", 90), ("60m", 3600), ("1.5h", 5400)])
+def test_durations(value, seconds):
+    assert parse_duration(value, "time_budget") == seconds
+
+
+@pytest.mark.parametrize("value", ["60x", "-5", "0", "soon", ""])
+def test_a_bad_duration_is_named(value):
+    with pytest.raises(InputError, match=f"time_budget '{value}': give a positive duration"):
+        parse_duration(value, "time_budget")
+
+
+def test_valid_metric_weights_select_for_recbole_models_too(fast_config):
+    weights = {"ndcg@10": 0.5, "recall@10": 0.5}
+    result = run_recbole_diffgm("SASRec", "beauty-slice", config_dict={**fast_config, "valid_metric_weights": weights})
+    valid = result["best_valid_result"]
+    assert result["best_valid_score"] == pytest.approx(0.5 * valid["ndcg@10"] + 0.5 * valid["recall@10"])
+    with pytest.raises(InputError, match=r"valid_metric_weights names \['hit@10'\]"):
+        run_recbole_diffgm("SASRec", "beauty-slice", config_dict={**fast_config, "valid_metric_weights": {"hit@10": 1}})

@@ -1,0 +1,73 @@
+"""SID-level evaluation: ``eval_level: sid`` is the DiffGRM release's protocol, pinned on a hand-made case and
+checked end to end against the model's own beams."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import NAME
+from recbole.data import data_preparation
+from recbole.evaluator import Collector, Evaluator
+
+from recbole_diffgm import Config, create_dataset, get_model
+from recbole_diffgm.model.decoding import first_hit_list
+from recbole_diffgm.utils import get_trainer
+
+LEGAL = -1  # PrefixTrie.lookup's answer for a SID that no item has
+
+
+def test_the_release_list_drops_unknown_sids_and_repeats_and_counts_the_first_hit(tiny_config):
+    # Beams in score order, as catalogue SIDs (leaves); -1: a SID that no item has.
+    leaves = torch.tensor([
+        [7, LEGAL, 7, 3, 9, 4],   # target 3: the unknown SID and the repeat of 7 drop out, so 3 is 2nd
+        [5, 5, 5, 5, 5, 2],       # target 2: four repeats of 5 drop out, so 2 is 2nd, not 6th
+        [1, 2, 3, 4, 6, 8],       # target 9: not generated
+        [LEGAL, LEGAL, 8, 8, 8, 8],  # target 8: first after the unknown SIDs; later repeats are no second hit
+    ])
+    scores, columns = first_hit_list(leaves, leaves >= 0, torch.arange(4), torch.tensor([3, 2, 9, 8]))
+    assert columns.tolist() == [3, 5, 6, 2]  # the first kept beam with the target's SID; 6 = missed
+    assert scores[0].tolist() == [6, -1, -1, 5, 4, 3, -2]
+
+    # RecBole's own evaluator on these scores gives the release's numbers: first hit only, recall <= 1.
+    config = Config("DiffGM", NAME, config_dict={**tiny_config, "topk": [1, 2]})
+    collector = Collector(config)
+    collector.eval_batch_collect(scores, None, torch.arange(4), columns)
+    result = Evaluator(config).evaluate(collector.get_data_struct())
+    # Ranks 2, 2, none, 1.
+    assert result["recall@1"] == pytest.approx(1 / 4) and result["recall@2"] == pytest.approx(3 / 4)
+    assert result["ndcg@2"] == pytest.approx(round((2 / math.log2(3) + 1) / 4, 4))
+
+
+def test_eval_level_sid_follows_the_release_on_the_models_own_beams(tiny_config):
+    config = Config("DiffGM", NAME, config_dict={**tiny_config, "n_digit": 2, "eval_level": "sid",
+                                                 "test_beam_size": 16, "topk": [1, 5]})
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    model = get_model("DiffGM")(config, train._dataset).eval()
+    trainer = get_trainer(config["MODEL_TYPE"], "DiffGM")(config, model)
+    result = trainer.evaluate(valid, load_best_model=False)
+    assert set(result) == {"sid_recall@1", "sid_recall@5", "sid_ndcg@1", "sid_ndcg@5"}
+
+    # By hand, as the release: walk the beams by score, skip SIDs no item has and repeats, stop at k.
+    catalogue = {tuple(sid) for sid in model.item_sid[1:].tolist()}
+    ranks, repeats = [], 0
+    for interaction, *_ in valid:
+        with torch.no_grad():
+            codes, _, _ = model.decode(interaction["item_id_list"], 16)
+        for user, target in enumerate(interaction["item_id"].tolist()):
+            listed = []
+            for sid in map(tuple, codes[user].tolist()):
+                if sid in catalogue and sid not in listed:
+                    listed.append(sid)
+                elif sid in listed:
+                    repeats += 1
+            target_sid = tuple(model.item_sid[target].tolist())
+            ranks.append(listed.index(target_sid) + 1 if target_sid in listed else math.inf)
+    ranks = torch.tensor(ranks)
+    assert repeats > 0  # the case the protocol is about occurs here
+    assert 0 < result["sid_recall@5"] < 1
+    assert result["sid_recall@5"] == pytest.approx(round((ranks <= 5).float().mean().item(), 4))
+    assert result["sid_recall@1"] == pytest.approx(round((ranks <= 1).float().mean().item(), 4))
+    ndcg = torch.where(ranks <= 5, 1 / torch.log2(ranks.clamp(max=1e9) + 1), 0.0).mean().item()
+    assert result["sid_ndcg@5"] == pytest.approx(round(ndcg, 4))
