@@ -186,11 +186,13 @@ def _reuse_or_run(model, dataset, config_file_list, config_dict, run_dir: Path) 
 _RUN_CODE = ("__init__.py", "compat.py", "config.py", "errors.py", "quick_start.py", "trainer.py", "utils.py",
              "data/catalog.py", "data/amazon.py")
 _GENERATIVE_CODE = ("data", "model")
+_ATOMIC_SUFFIXES = ("inter", "user", "item", "kg", "link", "net")  # RecBole's atomic files
 
 
 def run_key(config, generative: bool) -> str:
     """Digest of what determines a run's result: its resolved config (every property file's effect included; less
-    where it writes, and for a RecBole model less ``properties/generative.yaml``'s keys), the dataset's files (atomic files and shipped SIDs), RecBole's version and the code the run
+    where it writes, and for a RecBole model less ``properties/generative.yaml``'s keys), the dataset's atomic
+    files (and for a generative model its shipped SIDs), RecBole's version and the code the run
     executes (``_RUN_CODE``, and for a ``generative`` model ``_GENERATIVE_CODE`` too)."""
     from importlib.metadata import version
 
@@ -202,9 +204,12 @@ def run_key(config, generative: bool) -> str:
     settings = {key: value for key, value in _plain(config.final_config_dict).items() if key not in ignored}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(f"recbole {version('recbole')}".encode())
-    for path in sorted(Path(config["data_path"]).glob(f"{config['dataset']}.*")):
-        if path.is_file():
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    folder, name = Path(config["data_path"]), config["dataset"]
+    data_files = [folder / f"{name}.{suffix}" for suffix in _ATOMIC_SUFFIXES]
+    if generative:
+        data_files += folder.glob(f"{name}.sids-*.npz")
+    for path in sorted(path for path in data_files if path.is_file()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
     package = Path(__file__).resolve().parent
     files = {package / name for name in _RUN_CODE}
     if generative:

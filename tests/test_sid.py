@@ -264,3 +264,42 @@ def test_the_default_beauty_sids_ship_with_the_data(model, unique_sids, tmp_path
     dataset = create_dataset(config)
     assert dataset.sid_source.startswith(str(Path(config["data_path"]) / "amazon-beauty.sids-"))
     assert len(dataset.item_sid[1:].unique(dim=0)) == unique_sids
+
+
+def test_reassign_moves_colliding_items_to_the_cheapest_free_sids_by_one_assignment():
+    import itertools
+
+    from recbole_diffgm.data.sid.collisions import reassign
+
+    # 4 items, 2 digits of 3 codes. Items 0, 1, 2 share (0, 0); item 3 has (1, 0).
+    costs = np.array([
+        [[0.0, 5, 5], [0.0, 5, 5]],   # item 0 fits (0, 0) best: it keeps it
+        [[0.1, 0.2, 9], [0.1, 9, 9]],  # item 1: (1, 0) is taken by item 3, so ...
+        [[0.2, 0.3, 9], [0.2, 9, 0.4]],  # item 2 wants (0, 2); item 1 could also take it
+        [[9, 0.0, 9], [0.0, 9, 9]],
+    ])
+    codes = np.array([[0, 0], [0, 0], [0, 0], [1, 0]])
+    moved, added = reassign(codes, costs, alternatives=3)
+    assert len({tuple(row) for row in moved}) == 4 and moved[0].tolist() == [0, 0] and moved[3].tolist() == [1, 0]
+    # Brute force over every pair of distinct free SIDs for items 1 and 2: the assignment is the cheapest.
+    free = [sid for sid in itertools.product(range(3), repeat=2) if sid not in {(0, 0), (1, 0)}]
+
+    def cost(item, sid):
+        return sum(costs[item, d, c] - costs[item, d, 0] for d, c in enumerate(sid))
+
+    best = min(cost(1, a) + cost(2, b) for a in free for b in free if a != b)
+    assert added[1] + added[2] == pytest.approx(best) and added[0] == added[3] == 0
+    assert added[1] == pytest.approx(cost(1, tuple(moved[1]))) and added[2] == pytest.approx(cost(2, tuple(moved[2])))
+
+
+def test_sid_collision_reassign_gives_unique_sids_of_the_same_length(sid_config, caplog):
+    kept = build(sid_config)
+    with caplog.at_level(logging.INFO):
+        unique = build(sid_config, sid_collision="reassign")
+    assert unique.item_sid.shape == kept.item_sid.shape
+    assert len(unique.item_sid[1:].unique(dim=0)) == N_ITEMS  # every SID one item
+    moved = (unique.item_sid != kept.item_sid).any(dim=1)
+    assert 0 < moved.sum() < N_ITEMS / 2  # only colliding items move
+    assert "sid_collision reassign:" in caplog.text and "quantization error +" in caplog.text
+    with pytest.raises(InputError, match="sid_collision reassign moves parallel digits: it needs sid_quantizer opq"):
+        build(sid_config, sid_collision="reassign", sid_quantizer="rq_kmeans")

@@ -25,7 +25,13 @@ from torch import nn
 
 from recbole_diffgm.data.dataset import SIDDataset
 from recbole_diffgm.errors import InputError
-from recbole_diffgm.model.decoding import PrefixTrie, break_ties, first_hit_list, group_ranks, rank_sids
+from recbole_diffgm.model.decoding import (
+    PrefixTrie,
+    break_ties,
+    first_hit_list,
+    group_ranks,
+    rank_sids,
+)
 from recbole_diffgm.trainer import GenerativeTrainer
 
 

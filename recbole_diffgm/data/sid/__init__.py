@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from recbole_diffgm.data.sid.collisions import (
     CollisionReport,
     apply_collision_policy,
     collision_report,
+    reassign,
 )
 from recbole_diffgm.data.sid.embed import (
     cache_key,
@@ -38,6 +39,7 @@ from recbole_diffgm.data.sid.embed import (
     save_arrays,
 )
 from recbole_diffgm.data.sid.quantizers import QuantizerSettings, make_quantizer
+from recbole_diffgm.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -114,9 +116,14 @@ def ship_sids(texts: list[str], settings: SIDSettings, shipped: Path, show_progr
     """Build the quantizer's codes of ``texts`` (or take them from the cache) and write them with the fitted state
     to ``shipped``, for every later run with these settings to use as they are."""
     key = settings.codes_key(texts)
+    arrays = _load_shipped(shipped, settings, texts) or {}  # SIDs shipped for another policy stay
+    if settings.sid_collision == "reassign":
+        arrays["reassigned"] = build_sids(texts, settings, show_progress).codes
+        settings = replace(settings, sid_collision="keep")  # the quantizer's own codes and state, shipped beside
+        key = settings.codes_key(texts)
     codes = build_sids(texts, settings, show_progress).codes[:, :settings.quantizer.n_digit]
     state = load_arrays(_quantizer_path(settings, key), key)
-    save_arrays(shipped, {"codes": codes, **{f"state.{name}": value for name, value in state.items()}},
+    save_arrays(shipped, {**arrays, "codes": codes, **{f"state.{name}": value for name, value in state.items()}},
                 settings.quantizer_key(texts))
     logger.info(f"semantic IDs of {len(texts):,} items shipped to {shipped}")
     return shipped
@@ -135,13 +142,19 @@ def build_sids(texts: list[str], settings: SIDSettings, show_progress: bool = Tr
     key = settings.codes_key(texts)
     arrays = _load_shipped(shipped, settings, texts)
     if arrays is not None:
-        codes = arrays.pop("codes")
+        codes, reassigned = arrays.pop("codes"), arrays.pop("reassigned", None)
+        state = {name.removeprefix("state."): value for name, value in arrays.items()}
         quantizer_path = _quantizer_path(settings, key)
         if not quantizer_path.is_file():  # where encode_new_items looks for the fitted quantizer
-            save_arrays(quantizer_path, {name.removeprefix("state."): value for name, value in arrays.items()}, key)
+            save_arrays(quantizer_path, state, key)
         logger.info(f"semantic IDs of {len(texts):,} items: the ones shipped with the dataset, {shipped}")
-        return SIDResult(apply_collision_policy(codes, settings.sid_collision), collision_report(codes), key, {},
-                         str(shipped))
+        if settings.sid_collision == "reassign" and reassigned is not None:
+            policy_codes = reassigned
+        else:
+            quantizer = make_quantizer(settings.sid_quantizer, settings.quantizer)
+            quantizer.state = state
+            policy_codes = _apply_policy(codes, texts, settings, quantizer, show_progress)
+        return SIDResult(policy_codes, collision_report(codes), key, {}, str(shipped))
     path = settings.cache_dir / f"sid-{key[:24]}.npz"
     cached = load_array(path, key)
     if cached is not None:
@@ -159,13 +172,34 @@ def build_sids(texts: list[str], settings: SIDSettings, show_progress: bool = Tr
     codes = quantizer.quantize(embeddings).astype(np.int64)
     seconds["quantizer"] = time.perf_counter() - start
     report = collision_report(codes)
-    codes = apply_collision_policy(codes, settings.sid_collision)
+    codes = _apply_policy(codes, texts, settings, quantizer, show_progress, embeddings)
     save_arrays(_quantizer_path(settings, key), quantizer.state, key)
     save_array(path, codes, key)
     logger.info(f"semantic IDs ({settings.sid_quantizer}, {settings.quantizer.n_digit} digits x "
                 f"{settings.quantizer.codebook_size} codes) written to {path} "
                 f"[embedding {seconds['embedding']:.1f} s, quantizer {seconds['quantizer']:.1f} s]")
     return SIDResult(codes, report, key, seconds)
+
+
+def _apply_policy(codes: np.ndarray, texts: list[str], settings: SIDSettings, quantizer, show_progress: bool,
+                  embeddings: np.ndarray | None = None) -> np.ndarray:
+    """``sid_collision`` on the quantizer's ``codes``; ``reassign`` weighs moves by the fitted quantizer's error."""
+    if settings.sid_collision != "reassign":
+        return apply_collision_policy(codes, settings.sid_collision)
+    if not hasattr(quantizer, "digit_costs"):
+        raise InputError(f"sid_collision reassign moves parallel digits: it needs sid_quantizer opq, not "
+                         f"{settings.sid_quantizer}")
+    if embeddings is None:
+        embeddings = embed_texts(texts, settings.sent_emb_model, settings.sent_emb_batch_size,
+                                 settings.sent_emb_device, settings.cache_dir, show_progress)
+    costs = quantizer.digit_costs(embeddings)
+    reassigned, added = reassign(codes, costs)
+    error = np.take_along_axis(costs, codes[..., None], axis=2).sum(axis=(1, 2))
+    moved = added > 0
+    logger.info(f"sid_collision reassign: {int((reassigned != codes).any(axis=1).sum()):,} items moved to free SIDs, "
+                f"every SID unique; quantization error +{100 * added.sum() / error.sum():.1f}% in all, "
+                f"+{100 * added[moved].mean() / error.mean() if moved.any() else 0:.0f}% of the mean per moved item")
+    return reassigned
 
 
 def _quantizer_path(settings: SIDSettings, key: str) -> Path:

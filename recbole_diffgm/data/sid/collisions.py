@@ -8,7 +8,7 @@ import numpy as np
 
 from recbole_diffgm.errors import InputError
 
-COLLISION_POLICIES = ("keep", "disambiguate")
+COLLISION_POLICIES = ("keep", "disambiguate", "reassign")
 
 
 @dataclass(frozen=True)
@@ -51,14 +51,17 @@ def collision_report(codes: np.ndarray) -> CollisionReport:
     )
 
 
-def apply_collision_policy(codes: np.ndarray, policy: str) -> np.ndarray:
+def apply_collision_policy(codes: np.ndarray, policy: str, costs: np.ndarray | None = None) -> np.ndarray:
     """``keep``: codes as they are (a model ranks the items of one SID by training popularity).
     ``disambiguate``: one more digit, each item's index among the items of its SID (in item order),
-    so every item gets a unique SID (TIGER's extra token)."""
+    so every item gets a unique SID (TIGER's extra token). ``reassign``: unique SIDs of the same length
+    (``reassign``, which needs the quantizer's per-digit ``costs``)."""
     if policy not in COLLISION_POLICIES:
         raise InputError(f"unknown sid_collision '{policy}'; choose one of {', '.join(COLLISION_POLICIES)}")
     if policy == "keep":
         return codes
+    if policy == "reassign":
+        return reassign(codes, costs)[0]
     _, inverse = np.unique(codes, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
     order = np.argsort(inverse, kind="stable")
@@ -66,3 +69,66 @@ def apply_collision_policy(codes: np.ndarray, policy: str) -> np.ndarray:
     index_in_group = np.empty(len(codes), dtype=codes.dtype)
     index_in_group[order] = np.arange(len(codes)) - group_start
     return np.concatenate([codes, index_in_group[:, None]], axis=1)
+
+
+def reassign(codes: np.ndarray, costs: np.ndarray, alternatives: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Unique SIDs of the same length: in each group of items that share a SID, the item the SID fits best
+    (least quantization error) keeps it; the others move to free code combinations by one minimum-cost
+    assignment over the error each move adds (the zero-collision idea of arXiv 2605.25330). Any digit may move,
+    as parallel digits (PQ) are independent: a candidate changes one or two digits of an item's SID to one of
+    that digit's ``alternatives`` nearest codes.
+
+    ``costs`` ``[N, n, K]``: each item's quantization error with each code of each digit (``digit_costs``).
+    Returns the codes and the error each item's SID adds ``[N]`` (0 for the items that keep theirs).
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+
+    if costs is None:
+        raise InputError("sid_collision reassign needs a quantizer with parallel digits (sid_quantizer: opq)")
+    n_items, n = codes.shape
+    current = np.take_along_axis(costs, codes[..., None], axis=2)[..., 0]  # [N, n]
+    error = current.sum(axis=1)
+    _, group = np.unique(codes, axis=0, return_inverse=True)
+    order = np.lexsort((np.arange(n_items), error, group.reshape(-1)))
+    first = np.ones(n_items, dtype=bool)
+    first[1:] = group.reshape(-1)[order][1:] != group.reshape(-1)[order][:-1]
+    movers = np.sort(order[~first])
+    added = np.zeros(n_items)
+    if not len(movers):
+        return codes, added
+    taken = {tuple(row) for row in codes[order[first]].tolist()}
+    while True:
+        near = np.argsort(costs[movers], axis=2, kind="stable")[:, :, :alternatives]  # [M, n, C]
+        columns: dict[tuple[int, ...], int] = {}
+        rows, cols, weights = [], [], []
+        for row, item in enumerate(movers.tolist()):
+            base = codes[item].tolist()
+            moves = [(d, int(c), float(costs[item, d, c] - current[item, d])) for d in range(n)
+                     for c in near[row, d] if c != base[d]]
+            options = [(((d, c),), w) for d, c, w in moves]
+            options += [(((d1, c1), (d2, c2)), w1 + w2) for i, (d1, c1, w1) in enumerate(moves)
+                        for d2, c2, w2 in moves[i + 1:] if d1 < d2]
+            for changes, cost in options:
+                sid = list(base)
+                for digit, code in changes:
+                    sid[digit] = code
+                sid = tuple(sid)
+                if sid not in taken:
+                    rows.append(row)
+                    cols.append(columns.setdefault(sid, len(columns)))
+                    weights.append(cost + 1.0)  # + 1: a zero-cost move is still an edge of the sparse graph
+        graph = csr_matrix((weights, (rows, cols)), shape=(len(movers), len(columns)))
+        try:
+            matched_rows, matched_cols = min_weight_full_bipartite_matching(graph)
+            break
+        except ValueError:  # some movers compete for too few free SIDs: widen every digit's choice
+            if alternatives >= costs.shape[2]:
+                raise InputError("sid_collision reassign: no unique SID is left for every item; use more digits or "
+                                 "a larger codebook_size") from None
+            alternatives *= 2
+    sids = np.array(list(columns), dtype=codes.dtype)
+    result = codes.copy()
+    result[movers[matched_rows]] = sids[matched_cols]
+    added[movers[matched_rows]] = np.asarray(graph[matched_rows, matched_cols]).reshape(-1) - 1.0
+    return result, added

@@ -117,6 +117,13 @@ class OPQQuantizer:
         self.state["centroids"] = np.stack([centroids for centroids, _ in fitted])
         return np.stack([assignment for _, assignment in fitted], axis=1)
 
+    def digit_costs(self, embeddings: np.ndarray) -> np.ndarray:
+        """``[N, n_digit, codebook_size]``: each item's squared distance to every code of every digit (the
+        quantization error of each choice; PQ digits are independent, so a SID's error is their sum)."""
+        rotated = self._reduce_fitted(embeddings) @ self.state["rotation"].T
+        return np.stack([((subspace[:, None, :] - centroids[None]) ** 2).sum(-1) for subspace, centroids in
+                         zip(np.split(rotated, self.settings.n_digit, axis=1), self.state["centroids"])], axis=1)
+
     def encode(self, embeddings: np.ndarray) -> np.ndarray:
         rotated = self._reduce_fitted(embeddings) @ self.state["rotation"].T
         return np.stack([nearest(subspace, centroids) for subspace, centroids in
