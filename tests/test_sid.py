@@ -258,9 +258,15 @@ def test_shipped_sids_are_used_as_they_are_for_every_policy(sid_config, tmp_path
         build(fresh, n_digit=2)
 
 
-@pytest.mark.parametrize(("model", "unique_sids"), [("DiffGM", 9_663), ("TIGER", 12_101)])
-def test_the_default_beauty_sids_ship_with_the_data(model, unique_sids, tmp_path):
-    config = Config(model, "amazon-beauty", config_dict={"checkpoint_dir": str(tmp_path / "saved")})
+@pytest.mark.parametrize(("model", "policy", "unique_sids"), [("DiffGM", "keep", 9_663), ("DiffGM", "reassign", 12_101),
+                                                           ("TIGER", "disambiguate", 12_101)])
+def test_the_default_beauty_sids_ship_with_the_data(model, policy, unique_sids, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("shipped SIDs must not be rebuilt")
+
+    monkeypatch.setattr("recbole_diffgm.data.sid.embed_texts", refuse)
+    config = Config(model, "amazon-beauty", config_dict={"checkpoint_dir": str(tmp_path / "saved"),
+                                                         "sid_collision": policy})
     dataset = create_dataset(config)
     assert dataset.sid_source.startswith(str(Path(config["data_path"]) / "amazon-beauty.sids-"))
     assert len(dataset.item_sid[1:].unique(dim=0)) == unique_sids

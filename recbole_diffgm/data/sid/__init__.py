@@ -113,18 +113,20 @@ def shipped_sids_file(dataset_dir: Path, dataset: str, settings: SIDSettings, te
 
 
 def ship_sids(texts: list[str], settings: SIDSettings, shipped: Path, show_progress: bool = True) -> Path:
-    """Build the quantizer's codes of ``texts`` (or take them from the cache) and write them with the fitted state
-    to ``shipped``, for every later run with these settings to use as they are."""
+    """Build the quantizer's codes of ``texts`` (or take them from the cache, or from ``shipped`` itself) and write
+    them with the fitted state to ``shipped``, for every later run with these settings to use as they are; with
+    ``sid_collision: reassign`` the reassigned codes too."""
     key = settings.codes_key(texts)
     arrays = _load_shipped(shipped, settings, texts) or {}  # SIDs shipped for another policy stay
     if settings.sid_collision == "reassign":
-        arrays["reassigned"] = build_sids(texts, settings, show_progress).codes
+        arrays["reassigned"] = build_sids(texts, settings, show_progress, shipped).codes
         settings = replace(settings, sid_collision="keep")  # the quantizer's own codes and state, shipped beside
         key = settings.codes_key(texts)
-    codes = build_sids(texts, settings, show_progress).codes[:, :settings.quantizer.n_digit]
+    codes = build_sids(texts, settings, show_progress, shipped).codes[:, :settings.quantizer.n_digit]
     state = load_arrays(_quantizer_path(settings, key), key)
     save_arrays(shipped, {**arrays, "codes": codes, **{f"state.{name}": value for name, value in state.items()}},
                 settings.quantizer_key(texts))
+    shipped.chmod(0o644)  # data to publish, not a private cache
     logger.info(f"semantic IDs of {len(texts):,} items shipped to {shipped}")
     return shipped
 
