@@ -14,6 +14,7 @@ from recbole.data import data_preparation
 
 from recbole_diffgm import (
     Config,
+    InputError,
     create_dataset,
     get_model,
     get_trainer,
@@ -55,7 +56,7 @@ def test_training_lowers_the_loss(tiny):
 def constant_denoiser(model, confidence: list[float]):
     """Make ``model`` predict code 0 with probability ``confidence[s]`` in slot ``s``, whatever it sees."""
     probs = torch.stack([torch.cat([c[None], (1 - c).expand(7) / 7]) for c in torch.tensor(confidence)])
-    model.denoise = lambda codes, kv, mask: probs.log().expand(*codes.shape, 8)
+    model.denoise = lambda codes, kv, mask, every_slot=False: probs.log().expand(*codes.shape, 8)
 
 
 def test_guided_views_are_nested_and_least_confident_first(tiny):
@@ -69,11 +70,25 @@ def test_guided_views_are_nested_and_least_confident_first(tiny):
     assert model.guided_order(torch.zeros(2, 4, dtype=torch.long), None, None).tolist() == [[0, 3, 2, 1]] * 2
 
 
+def test_ocn_views_are_evenly_spaced_nested_and_end_all_hidden(tiny_config):
+    config = Config("DiffGM", NAME, config_dict={**tiny_config, "n_digit": 8, "sent_emb_pca": 16, "ocn_views": 3})
+    train, _, _ = data_preparation(config, create_dataset(config))
+    model = get_model("DiffGM")(config, train._dataset)
+    constant_denoiser(model, [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6])  # least confident: 0, 2, 4, 6, 7, 5, 3, 1
+    views = model.masking_views(torch.zeros(2, 8, dtype=torch.long), None, None)
+    assert views.shape == (2, 3, 8) and views.sum(-1).tolist() == [[3, 6, 8]] * 2
+    assert views[0, 0].nonzero()[:, 0].tolist() == [0, 2, 4]  # the three least confident first
+    assert (views[:, 1:] >= views[:, :-1]).all()
+    with pytest.raises(InputError, match="ocn_views must be an integer from 1 to n_digit \\(8\\), got 9"):
+        get_model("DiffGM")(Config("DiffGM", NAME, config_dict={**tiny_config, "n_digit": 8, "sent_emb_pca": 16,
+                                                                "ocn_views": 9}), train._dataset)
+
+
 def test_entropy_confidence_can_order_slots_unlike_max_probability(tiny):
     model, _, _ = tiny
     # Slot 0: max 0.5, the rest spread thin (high entropy); slot 1: 0.4, 0.4, then thin (lower entropy).
     probs = torch.tensor([[0.5] + [0.5 / 7] * 7, [0.4, 0.4] + [0.2 / 6] * 6]).log()
-    model.denoise = lambda codes, kv, mask: probs.expand(*codes.shape, 8)
+    model.denoise = lambda codes, kv, mask, every_slot=False: probs.expand(*codes.shape, 8)
     target = torch.zeros(1, 2, dtype=torch.long)
     model.n_slots = 2
     assert model.guided_order(target, None, None).tolist() == [[1, 0]]  # msp: slot 1 (0.4) is less confident

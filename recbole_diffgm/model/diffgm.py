@@ -42,6 +42,12 @@ class DiffGM(SIDTransformer):
         self.guided_refresh = bool(config["guided_refresh"])
         self.sequential_paths = config["sequential_paths"]
         self.mask_prob = config["mask_prob"]
+        self.ocn_views = config["ocn_views"] or self.n_slots
+        if not (isinstance(self.ocn_views, int) and 1 <= self.ocn_views <= self.n_slots):
+            raise InputError(f"ocn_views must be an integer from 1 to n_digit ({self.n_slots}), got {config['ocn_views']!r}")
+        # View t of a path hides this many slots: evenly spaced, nested, the last one every slot.
+        hidden_counts = [-(-self.n_slots * view // self.ocn_views) for view in range(1, self.ocn_views + 1)]
+        self.register_buffer("hidden_counts", torch.tensor(hidden_counts), persistent=False)
         if not (isinstance(self.sequential_paths, int) and self.sequential_paths >= 1):
             raise InputError(f"sequential_paths must be a positive integer, got {self.sequential_paths!r}")
         if not 0 < self.mask_prob <= 1:
@@ -79,16 +85,17 @@ class DiffGM(SIDTransformer):
     # ----- training: OCN ---------------------------------------------------------------------------------
 
     def masking_views(self, target: torch.Tensor, memory_kv, memory_mask) -> torch.Tensor:
-        """Boolean masks ``[B, V, n]`` (True = hidden and supervised) of the training views."""
+        """Boolean masks ``[B, V, n]`` (True = hidden and supervised) of the training views: per path, ``ocn_views``
+        nested views that hide ``hidden_counts`` slots (``n`` views of 1..n slots by default)."""
         batch, n = target.shape
-        if self.masking_strategy == "random":  # n views, each slot hidden independently with mask_prob
-            return torch.rand(batch, n, n, device=target.device) < self.mask_prob
+        if self.masking_strategy == "random":  # V views, each slot hidden independently with mask_prob
+            return torch.rand(batch, self.ocn_views, n, device=target.device) < self.mask_prob
         if self.masking_strategy == "guided":
             order = self.guided_order(target, memory_kv, memory_mask)[:, None]
         else:  # sequential: random coherent orders, sequential_paths per row
             order = torch.rand(batch, self.sequential_paths, n, device=target.device).argsort(dim=-1)
         rank = order.argsort(dim=-1)  # [B, P, n]: the position of each slot in its path's order
-        views = rank[:, :, None, :] <= torch.arange(n, device=target.device)[:, None]  # view t hides t + 1 slots
+        views = rank[:, :, None, :] < self.hidden_counts[:, None]  # [B, P, V, n]
         return views.flatten(1, 2)
 
     @torch.no_grad()
