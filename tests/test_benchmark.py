@@ -106,6 +106,7 @@ def test_a_row_names_a_model_and_recipes_that_come_before_the_shared_files():
                                                  str(recipes / "sid-disambiguate.yaml"), "budget.yaml"]
     assert Row.parse("SASRec").config_files(None) is None
     with pytest.raises(InputError, match="recipe 'nope' is neither a yaml file nor one of properties/recipes: "
-                                         "DiffGM-cpu, DiffGM-release, SASRec-strong, TIGER-cpu, sid-disambiguate, "
+                                         "DiffGM-cpu, DiffGM-release, SASRec-strong, TIGER-cpu, dense-head, "
+                                         "sid-disambiguate, "
                                          "sid-reassign"):
         Row.parse("SASRec@nope")

@@ -236,6 +236,7 @@ def two_digit(tiny_config):
     """The tiny model with 2-digit SIDs: 64 SIDs for 48 items."""
     config = Config("DiffGM", NAME, config_dict={**tiny_config, "n_digit": 2})
     train, valid, _ = data_preparation(config, create_dataset(config))
+    torch.manual_seed(0)  # the untrained model's beams, the same whichever tests ran before
     return get_model("DiffGM")(config, train._dataset).eval(), next(iter(valid))[0]
 
 
@@ -488,3 +489,37 @@ def test_full_sort_orders_the_items_of_a_sid_by_training_popularity(tiny):
 def _sid_groups(model) -> list[torch.Tensor]:
     _, group = model.item_sid[1:].unique(dim=0, return_inverse=True)
     return [torch.nonzero(group == g)[:, 0] + 1 for g in group.unique()]
+
+
+def test_the_dense_head_adds_its_loss_and_its_item_scores_at_item_level_only(tiny_config):
+    config = Config("DiffGM", NAME, config_dict={**tiny_config, "dense_head": True, "dense_weight": 0.5})
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    model = get_model("DiffGM")(config, train._dataset)
+    batch, interaction = next(iter(train)), next(iter(valid))[0]
+    torch.manual_seed(0)
+    generative = model.generative_loss(batch)
+    dense = model.dense_log_probs(batch[model.ITEM_SEQ])
+    assert dense[:, 0].isneginf().all() and torch.allclose(dense[:, 1:].exp().sum(1), torch.ones(len(dense)))
+    torch.manual_seed(0)
+    assert model.calculate_loss(batch).item() == pytest.approx(
+        generative.item() + torch.nn.functional.nll_loss(dense, batch[model.POS_ITEM_ID]).item(), rel=1e-5)
+
+    model.eval()
+    with torch.no_grad():
+        fused = model.full_sort_predict(interaction)
+        model.dense_weight = None
+        pure = model.full_sort_predict(interaction)
+        model.dense_weight = 0.5
+        dense = model.dense_log_probs(interaction[model.ITEM_SEQ])
+    items = torch.arange(1, model.n_items)
+    # Up to the tie-break (below a float32 step), fused = pure + 0.5 dense.
+    assert torch.allclose(fused[:, items], pure[:, items] + 0.5 * dense[:, items].double(), atol=1e-4)
+    # Items that share a SID are no longer tied: the dense head orders them.
+    shared = next(group for group in _sid_groups(model) if len(group) > 1)
+    assert torch.equal(fused[:, shared].argsort(dim=1), dense[:, shared].argsort(dim=1))
+
+    model.eval_level = "sid_masked"  # SID level stays purely generative
+    with torch.no_grad():
+        sid_fused = model.full_sort_predict(interaction)
+        model.dense_weight = None
+        assert torch.equal(sid_fused, model.full_sort_predict(interaction))

@@ -32,7 +32,7 @@ class ARGM(SIDTransformer):
         tokens = self.token_embedding(prefix + self.code_offsets[: prefix.shape[-1]])
         return torch.cat([self.start_embedding.expand(*prefix.shape[:2], 1, -1), tokens], dim=2)
 
-    def calculate_loss(self, interaction) -> torch.Tensor:
+    def generative_loss(self, interaction) -> torch.Tensor:
         memory_kv, memory_mask = self.encode(interaction[self.ITEM_SEQ])
         target = self.item_sid[interaction[self.POS_ITEM_ID]][:, None]  # [B, 1, n]
         log_probs = self.decode_slots(self.decoder_inputs(target[..., :-1]), memory_kv, memory_mask, causal=True)

@@ -132,7 +132,7 @@ class DiffGM(SIDTransformer):
         self.train(was_training)
         return order
 
-    def calculate_loss(self, interaction) -> torch.Tensor:
+    def generative_loss(self, interaction) -> torch.Tensor:
         item_seq = interaction[self.ITEM_SEQ]
         target = self.item_sid[interaction[self.POS_ITEM_ID]]
         memory_kv, memory_mask = self.encode(item_seq)

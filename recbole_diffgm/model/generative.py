@@ -48,6 +48,7 @@ class GenerativeRecommender(SequentialRecommender):
     input_type = InputType.POINTWISE
     dataset_class = SIDDataset
     trainer_class = GenerativeTrainer
+    dense_weight: float | None = None  # a dense item head's weight in the item scores (SIDTransformer: dense_head)
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -91,6 +92,10 @@ class GenerativeRecommender(SequentialRecommender):
     def decode(self, item_seq: torch.Tensor, beam_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(codes [B, G, n], scores [B, G], fallback_log_probs [B, n, K])``: beams sorted by score, and the
         per-digit log-probabilities that score the SIDs no beam reached (sum over the digits)."""
+        raise NotImplementedError
+
+    def dense_log_probs(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """``[B, n_items]``: a dense item head's log-probabilities (with ``dense_weight`` set)."""
         raise NotImplementedError
 
     @staticmethod
@@ -146,6 +151,8 @@ class GenerativeRecommender(SequentialRecommender):
         if self.eval_level != "item":  # one entry per SID; GenerativeTrainer maps each target to its SID's entry
             item_scores[:, self.sid_representative != torch.arange(self.n_items, device=codes.device)] = float("-inf")
         else:
+            if self.dense_weight is not None:  # the dense head's item scores, fused (item level only)
+                item_scores = item_scores + self.dense_weight * self.dense_log_probs(interaction[self.ITEM_SEQ])
             item_scores = break_ties(item_scores, self.sid_group_rank)
         item_scores[:, 0] = float("-inf")
         return item_scores

@@ -13,6 +13,7 @@ from logging import getLogger
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from recbole_diffgm.model.generative import GenerativeRecommender, config_choice
 from recbole_diffgm.model.layers import DecoderBlock, EncoderBlock
@@ -35,6 +36,10 @@ class SIDTransformer(GenerativeRecommender):
         self.decoder = nn.ModuleList(DecoderBlock(d_model, n_heads, d_inner, dropout, head_dim, shared)
                                      for _ in range(config["decoder_n_layer"]))
         self.ln_f = nn.LayerNorm(d_model)
+        # Optional dense item head (LIGER, COBRA): the history's last state scores every item by its own vector.
+        self.dense_weight = config["dense_weight"] if config["dense_head"] else None
+        if self.dense_weight is not None:
+            self.item_embedding = nn.Embedding(self.n_items, d_model, padding_idx=0)
         self.autocast_dtype = {"none": None, "bf16": torch.bfloat16}[
             config_choice(config, "mixed_precision", ("none", "bf16"))]
         if config["compile"]:  # the decoder: the hot path of decoding; in place, so checkpoints keep their names
@@ -67,12 +72,37 @@ class SIDTransformer(GenerativeRecommender):
     def encode(self, item_seq: torch.Tensor) -> tuple[MemoryKV, torch.Tensor]:
         """History ``[B, L]`` -> each decoder block's memory keys/values, computed once per user, and the key mask."""
         with self.autocast(item_seq.device):
-            hidden, mask = self.embed_history(item_seq)
-            hidden = self.dropout(hidden)
-            for block in self.encoder:
-                hidden = block(hidden, mask)
-            memory = self.ln_f(hidden)
+            memory, mask = self._memory(item_seq)
             return [block.memory_attention.memory_kv(memory, mask) for block in self.decoder], mask
+
+    def _memory(self, item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """History ``[B, L]`` -> the encoder's packed output ``[T, D]`` and its mask."""
+        hidden, mask = self.embed_history(item_seq)
+        hidden = self.dropout(hidden)
+        for block in self.encoder:
+            hidden = block(hidden, mask)
+        return self.ln_f(hidden), mask
+
+    def dense_log_probs(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """The dense head: ``[B, n_items]`` log-probabilities of the next item, from the history's last state (an
+        encoder pass of its own) against every item's vector; the padding item is ``-inf``."""
+        with self.autocast(item_seq.device):
+            memory, mask = self._memory(item_seq)
+            last = memory[mask.sum(dim=1).cumsum(dim=0) - 1]  # each history's last token, packed row by row
+            logits = (last @ self.item_embedding.weight.T).float()
+        logits[:, 0] = float("-inf")
+        return logits.log_softmax(dim=-1)
+
+    def calculate_loss(self, interaction) -> torch.Tensor:
+        """The generative loss (``generative_loss``), plus with the dense head its cross-entropy over every item."""
+        loss = self.generative_loss(interaction)
+        if self.dense_weight is not None:
+            log_probs = self.dense_log_probs(interaction[self.ITEM_SEQ])
+            loss = loss + F.nll_loss(log_probs, interaction[self.POS_ITEM_ID])
+        return loss
+
+    def generative_loss(self, interaction) -> torch.Tensor:
+        raise NotImplementedError
 
     def decode_slots(self, hidden: torch.Tensor, memory_kv: MemoryKV, memory_mask: torch.Tensor,
                      causal: bool = False, scored: torch.Tensor | None = None) -> torch.Tensor:
