@@ -523,3 +523,36 @@ def test_the_dense_head_adds_its_loss_and_its_item_scores_at_item_level_only(tin
         sid_fused = model.full_sort_predict(interaction)
         model.dense_weight = None
         assert torch.equal(sid_fused, model.full_sort_predict(interaction))
+
+
+@pytest.mark.parametrize("model_name", ["DiffGM", "ARGM"])
+def test_per_position_training_is_the_mean_over_every_prefix_row(tiny_config, model_name):
+    settings = {**tiny_config, "train_per_position": True, "dropout": 0.0, "epochs": 1}
+    config = Config(model_name, NAME, config_dict=settings)
+    dataset = create_dataset(config)
+    train, _, _ = data_preparation(config, dataset)
+    rows = train._dataset.inter_feat
+    assert len(rows) == len(rows["user_id"].unique())  # one training row per user: its longest prefix
+    torch.manual_seed(0)
+    model = get_model(model_name)(config, train._dataset)
+    batch = next(iter(train))
+    per_position = model.generative_loss(batch)
+
+    # The same targets as RecBole's one row per prefix, through the same causal encoder.
+    histories, lengths, targets = [], [], []
+    for seq, length, target in zip(batch["item_id_list"], batch["item_length"], batch["item_id"]):
+        sequence = [*seq[:length].tolist(), int(target)]
+        for step in range(1, len(sequence)):
+            histories.append(sequence[:step] + [0] * (seq.shape[0] - step))
+            lengths.append(step)
+            targets.append(sequence[step])
+    prefix_rows = {"item_id_list": torch.tensor(histories), "item_length": torch.tensor(lengths),
+                   "item_id": torch.tensor(targets)}
+    model.train_per_position = False
+    assert len(targets) == int(batch["item_length"].sum())  # RecBole's prefix rows of these users
+    assert model.generative_loss(prefix_rows).item() == pytest.approx(per_position.item(), rel=1e-5)
+
+
+def test_a_per_position_run_trains_and_tests(tiny_config):
+    result = run_recbole_diffgm("DiffGM", NAME, config_dict={**tiny_config, "train_per_position": True, "epochs": 2})
+    assert result["test_result"] and result["epochs_run"] == 2

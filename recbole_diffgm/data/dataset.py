@@ -92,6 +92,20 @@ class SIDDataset(SequentialDataset):
                         f"model's {settings.sid_quantizer} quantizer (no refit)")
         return codes
 
+    def build(self) -> list:
+        """RecBole's splits; with ``train_per_position`` the training split keeps one row per user, its longest
+        prefix (the model reads every position of it), instead of one row per prefix."""
+        datasets = super().build()
+        if self.config["train_per_position"]:
+            train = datasets[0]
+            users = np.asarray(train.inter_feat[self.uid_field])
+            lengths = np.asarray(train.inter_feat[self.item_list_length_field])
+            order = np.lexsort((lengths, users))
+            last = np.r_[users[order][1:] != users[order][:-1], True]
+            datasets[0] = train.copy(train.inter_feat[torch.from_numpy(np.sort(order[last]))])
+            logger.info(f"train_per_position: {last.sum():,} training rows, one per user, instead of {len(users):,}")
+        return datasets
+
     def shipped_sids_file(self, config, settings: SIDSettings, texts: list[str]) -> Path:
         """Where this dataset would ship the SIDs of ``settings``: beside its atomic files."""
         return shipped_sids_file(Path(config["data_path"]), self.dataset_name, settings, texts)

@@ -33,8 +33,8 @@ class ARGM(SIDTransformer):
         return torch.cat([self.start_embedding.expand(*prefix.shape[:2], 1, -1), tokens], dim=2)
 
     def generative_loss(self, interaction) -> torch.Tensor:
-        memory_kv, memory_mask = self.encode(interaction[self.ITEM_SEQ])
-        target = self.item_sid[interaction[self.POS_ITEM_ID]][:, None]  # [B, 1, n]
+        memory_kv, memory_mask, targets = self.training_memory(interaction)
+        target = self.item_sid[targets][:, None]  # [B, 1, n]
         log_probs = self.decode_slots(self.decoder_inputs(target[..., :-1]), memory_kv, memory_mask, causal=True)
         return F.cross_entropy(log_probs.flatten(0, 2), target.flatten(), label_smoothing=self.label_smoothing)
 

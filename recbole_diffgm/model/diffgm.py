@@ -133,9 +133,8 @@ class DiffGM(SIDTransformer):
         return order
 
     def generative_loss(self, interaction) -> torch.Tensor:
-        item_seq = interaction[self.ITEM_SEQ]
-        target = self.item_sid[interaction[self.POS_ITEM_ID]]
-        memory_kv, memory_mask = self.encode(item_seq)
+        memory_kv, memory_mask, targets = self.training_memory(interaction)
+        target = self.item_sid[targets]
         views = self.masking_views(target, memory_kv, memory_mask)
         views[..., 0] |= ~views.any(dim=-1)  # a view with nothing hidden supervises slot 0
         codes = target[:, None].expand_as(views).masked_fill(views, MASK)

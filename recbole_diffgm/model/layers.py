@@ -41,10 +41,14 @@ class Attention(nn.Module):
         k, v = unpack(F.linear(memory, self.qkv.weight[self.d_attn:]), mask).split(self.d_attn, dim=-1)
         return self._heads(k), self._heads(v)
 
-    def packed_self_attention(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Bidirectional self-attention of the packed tokens ``x`` ``[T, D]`` laid out by ``mask`` ``[B, L]``."""
+    def packed_self_attention(self, x: torch.Tensor, mask: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        """Self-attention of the packed tokens ``x`` ``[T, D]`` laid out by ``mask`` ``[B, L]``: bidirectional, or
+        ``causal`` (each token reads itself and the tokens before it)."""
         q, k, v = (self._heads(part) for part in unpack(self.qkv(x), mask).split(self.d_attn, dim=-1))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :],
+        attn_mask = mask[:, None, None, :]
+        if causal:
+            attn_mask = attn_mask & torch.ones(mask.shape[1], mask.shape[1], dtype=torch.bool, device=mask.device).tril()
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                              dropout_p=self.dropout if self.training else 0.0)
         return self.resid_dropout(self.proj(out.transpose(1, 2)[mask].flatten(1)))
 
@@ -86,8 +90,8 @@ class EncoderBlock(nn.Module):
         self.ln_ffn = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, d_inner, dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn.packed_self_attention(self.ln_attn(x), mask)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        x = x + self.attn.packed_self_attention(self.ln_attn(x), mask, causal)
         return x + self.ffn(self.ln_ffn(x))
 
 

@@ -36,6 +36,8 @@ class SIDTransformer(GenerativeRecommender):
         self.decoder = nn.ModuleList(DecoderBlock(d_model, n_heads, d_inner, dropout, head_dim, shared)
                                      for _ in range(config["decoder_n_layer"]))
         self.ln_f = nn.LayerNorm(d_model)
+        # Per-position training reads every prefix of a history from one pass: the encoder must then be causal.
+        self.train_per_position = self.causal_encoder = bool(config["train_per_position"])
         # Optional dense item head (LIGER, COBRA): the history's last state scores every item by its own vector.
         self.dense_weight = config["dense_weight"] if config["dense_head"] else None
         if self.dense_weight is not None:
@@ -75,12 +77,25 @@ class SIDTransformer(GenerativeRecommender):
             memory, mask = self._memory(item_seq)
             return [block.memory_attention.memory_kv(memory, mask) for block in self.decoder], mask
 
+    def training_memory(self, interaction) -> tuple[MemoryKV, torch.Tensor, torch.Tensor]:
+        """The training rows' memory, key mask and target items: one row per interaction, or with
+        ``train_per_position`` one per position of each history, every prefix read from one (causal) encoder pass."""
+        item_seq = interaction[self.ITEM_SEQ]
+        memory_kv, memory_mask = self.encode(item_seq)
+        if not self.train_per_position:
+            return memory_kv, memory_mask, interaction[self.POS_ITEM_ID]
+        users, steps, targets = history_positions(item_seq, interaction[self.ITEM_SEQ_LEN], interaction[self.POS_ITEM_ID])
+        keys = memory_mask.shape[1]
+        key_item = torch.arange(keys, device=item_seq.device) // (keys // item_seq.shape[1])  # TIGER: n keys per item
+        memory_mask = memory_mask[users] & (key_item <= steps[:, None])
+        return [(k[users], v[users]) for k, v in memory_kv], memory_mask, targets
+
     def _memory(self, item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """History ``[B, L]`` -> the encoder's packed output ``[T, D]`` and its mask."""
         hidden, mask = self.embed_history(item_seq)
         hidden = self.dropout(hidden)
         for block in self.encoder:
-            hidden = block(hidden, mask)
+            hidden = block(hidden, mask, causal=self.causal_encoder)
         return self.ln_f(hidden), mask
 
     def dense_log_probs(self, item_seq: torch.Tensor) -> torch.Tensor:
@@ -130,3 +145,13 @@ class SIDTransformer(GenerativeRecommender):
             rows = scored[..., slot]
             log_probs[..., slot, :][rows] = (hidden[..., slot, :][rows] @ code_table[slot].T).float().log_softmax(dim=-1)
         return log_probs
+
+
+def history_positions(item_seq: torch.Tensor, length: torch.Tensor, next_item: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A history ``[B, L]`` of ``length`` items, followed by ``next_item``, holds a target at every position:
+    ``(users, steps, targets)`` ``[R]``, where the user's items up to ``steps`` predict ``targets``."""
+    rows = torch.arange(len(item_seq), device=item_seq.device)
+    sequence = torch.cat([item_seq, item_seq.new_zeros(len(item_seq), 1)], dim=1)
+    sequence[rows, length] = next_item
+    users, steps = (torch.arange(item_seq.shape[1], device=item_seq.device) < length[:, None]).nonzero(as_tuple=True)
+    return users, steps, sequence[users, steps + 1]
