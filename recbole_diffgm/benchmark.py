@@ -79,9 +79,11 @@ def recipe_file(name: str) -> Path:
 
 def run_benchmark(models: list[str], dataset: str, config_file_list=None, config_dict=None, seeds=(None,),
                   results_dir: str = "results", command: str | None = None,
-                  model_overrides: dict[str, dict] | None = None, seeded_rows: list[str] | None = None) -> list[dict]:
+                  model_overrides: dict[str, dict] | None = None, seeded_rows: list[str] | None = None,
+                  report_only: bool = False) -> list[dict]:
     """Train and test every row (``Row.parse``) with every seed (with ``seeded_rows``, only those rows; the others
-    with the first seed), reusing finished runs and resuming killed ones;
+    with the first seed), reusing finished runs and resuming killed ones (``report_only``: nothing is trained, a run
+    without a finished result shows as not run yet);
     write ``<results_dir>/<dataset>.md`` (``command`` at its top), ``.csv``, ``.png`` (quality against inference
     time), ``-curves.png`` (validation NDCG@10 against training time), ``-curves/`` and ``-configs/``.
     ``model_overrides``: settings of one model only (e.g. its tuned hyperparameters), over everything else.
@@ -102,7 +104,8 @@ def run_benchmark(models: list[str], dataset: str, config_file_list=None, config
             logger.info(f"benchmark: {row.label} on {dataset}" + ("" if seed is None else f", seed {seed}"))
             results = context.SimpleQueue()
             process = context.Process(target=_run_one, args=(row.model, dataset, files, overrides,
-                                                              str(out / f"{dataset}-runs" / name), results))
+                                                              str(out / f"{dataset}-runs" / name), results,
+                                                              report_only))
             process.start()
             process.join()
             run = results.get() if not results.empty() else {"error": f"the run's process died (exit code {process.exitcode})"}
@@ -118,19 +121,19 @@ def run_benchmark(models: list[str], dataset: str, config_file_list=None, config
     return rows
 
 
-def _run_one(model, dataset, config_file_list, config_dict, run_dir, results) -> None:
+def _run_one(model, dataset, config_file_list, config_dict, run_dir, results, report_only=False) -> None:
     """One run in a fresh process: the finished run of the same key, else a resumed or new one; the result with
     peak memory, SIDs and config, or the error."""
     try:
         sys.argv = sys.argv[:1]  # spawn hands the parent's command line over, which RecBole's Config would read
-        result = _reuse_or_run(model, dataset, config_file_list, config_dict, Path(run_dir))
+        result = _reuse_or_run(model, dataset, config_file_list, config_dict, Path(run_dir), report_only)
         results.put(result)
     except BaseException as error:  # noqa: BLE001  (any failure becomes the row's error)
         getLogger().error(traceback.format_exc())
         results.put({"error": f"{type(error).__name__}: {error}".splitlines()[0][:300]})
 
 
-def _reuse_or_run(model, dataset, config_file_list, config_dict, run_dir: Path) -> dict:
+def _reuse_or_run(model, dataset, config_file_list, config_dict, run_dir: Path, report_only: bool = False) -> dict:
     import torch
 
     from recbole_diffgm.compat import load_checkpoint
@@ -152,6 +155,8 @@ def _reuse_or_run(model, dataset, config_file_list, config_dict, run_dir: Path) 
         if stored.get("key") == key:
             getLogger().info(f"benchmark: {model} reused from {finished} (same config, data and code)")
             return {**stored["result"], "reused": True}
+    if report_only:
+        return {"error": "not run yet (no finished run of this config, data and code)"}
     started = run_dir / "started.json"
     resume_files = sorted(run_dir.glob("*-resume.pth"))
     same_run = started.is_file() and json.loads(started.read_text()).get("key") == key

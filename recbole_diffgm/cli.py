@@ -42,6 +42,8 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     benchmark.add_argument("--seeds", default=None, help="comma-separated seeds; the table shows mean ± std")
     benchmark.add_argument("--seeded_rows", default=None, metavar="ROW,ROW",
                            help="rows that run every seed of --seeds; the others run the first (default: every row)")
+    benchmark.add_argument("--report_only", action="store_true",
+                           help="write the tables from the finished runs only; train nothing")
     benchmark.add_argument("--results_dir", default="results", help="where the tables go (default: %(default)s)")
     benchmark.add_argument("--tune_budget", default=None, metavar="TRIALS[,LIMIT]",
                            help="tune every model first with the same Ray Tune budget (e.g. 8 or 8,30m), then "
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 seeded_rows = args.seeded_rows.split(",") if args.seeded_rows else None
                 run_benchmark(models, args.dataset, config_files, overrides, seeds, args.results_dir, command,
-                              seeded_rows=seeded_rows)
+                              seeded_rows=seeded_rows, report_only=args.report_only)
         elif args.build_sids:
             build_item_sids(args.model, args.dataset, config_files, overrides, ship=args.ship_sids)
         else:

@@ -62,9 +62,12 @@ def test_a_finished_run_is_reused_until_its_config_changes(tiny_config, tmp_path
     assert first["reused"] == 0 and again["reused"] == 1
     assert again["ndcg@5"] == first["ndcg@5"] and again["train_seconds"] == first["train_seconds"]
     assert read_table(tmp_path / "results")[0]["reused"] == "1"
+    (not_run,) = run_benchmark(["DiffGM"], NAME, config_dict={**settings, "learning_rate": 0.001},
+                               results_dir=results, report_only=True)
+    assert not_run["error"].startswith("not run yet") and not_run["seeds"] == 0
     (changed,) = run_benchmark(["DiffGM"], NAME, config_dict={**settings, "learning_rate": 0.001},
                                results_dir=results)
-    assert changed["reused"] == 0
+    assert changed["reused"] == 0 and not changed["error"]
 
 
 def test_a_killed_benchmark_resumes_its_run_to_the_same_end(tiny_config, tmp_path):
