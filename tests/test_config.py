@@ -41,3 +41,12 @@ def test_every_model_selects_on_valid_metric_by_default():
     for model in ("SASRec", "GRU4Rec", "BERT4Rec", "TIGER", "ARGM", "DiffGM"):
         config = Config(model, "amazon-beauty")
         assert config["valid_metric"] == "NDCG@10" and config["valid_metric_weights"] is None, model
+
+
+def test_every_recipe_key_is_a_key_some_model_reads():
+    known = set()
+    for model in ("SASRec", "DiffGM", "ARGM", "TIGER"):
+        known |= set(Config(model, "amazon-beauty").final_config_dict)
+    for recipe in sorted((PROPERTIES_DIR / "recipes").glob("*.yaml")):
+        unknown = set(yaml.safe_load(recipe.read_text())) - known
+        assert not unknown, f"{recipe.name}: {sorted(unknown)} are no model's keys (a typo would change nothing)"
