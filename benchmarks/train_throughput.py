@@ -27,7 +27,7 @@ from recbole_diffgm import Config, create_dataset, get_model
 def parse_variant(text: str) -> tuple[str, dict]:
     name, _, settings = text.partition(":")
     pairs = (item.split("=", 1) for item in settings.split(",") if item)
-    return name, {key: eval(value, {}) if value[:1].isdigit() or value in ("True", "False") else value  # noqa: S307
+    return name, {key: eval(value, {}) if value[:1].isdigit() or value in ("True", "False") else value
                   for key, value in pairs}
 
 
