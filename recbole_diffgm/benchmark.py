@@ -305,7 +305,9 @@ def budget_rule(config: dict) -> str:
 
 def _summarise(label: str, runs: list[dict]) -> dict:
     done = [run for run in runs if "error" not in run]
-    row = {"model": label, "seeds": len(done), "error": "; ".join(run["error"] for run in runs if "error" in run),
+    errors = [run["error"] for run in runs if "error" in run]
+    row = {"model": label, "seeds": len(done), "error": "; ".join(dict.fromkeys(errors)) + (
+               f" ({len(errors)} of {len(runs)} seeds)" if len(runs) > 1 and errors else ""),
            "curves": [run.get("curve", []) for run in done], "reused": sum(bool(run.get("reused")) for run in done)}
     for prefix, key in (("", "test_result"), ("sid_", "sid_test_result")):
         for metric in QUALITY:
@@ -362,7 +364,8 @@ def _write_tables(rows: list[dict], dataset: str, out: Path, command: str | None
                      row.get("device", "–"), str(row["seeds"]), str(row["reused"]),
                      *([" / ".join(sorted(row.get("selection", ()))), " / ".join(sorted(row.get("budget", ())))]
                        if per_row else []),
-                     f"{dataset}-configs/{row['model'].replace('@', '-')}*.yaml", row["error"] or ""]
+                     f"{dataset}-configs/{Row.parse(row['model']).file_name if '@' in row['model'] else row['model']}*.yaml",
+                     row["error"] or ""]
             writer.writerow(cells)
             lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
     rule = ("Rows differ in selection or budget: see the columns." if per_row else
