@@ -127,3 +127,15 @@ def tiny(tiny_config):
     train, valid, _ = data_preparation(config, create_dataset(config))
     torch.manual_seed(0)
     return get_model("DiffGM")(config, train._dataset), next(iter(train)), next(iter(valid))[0]
+
+
+def catalogue_beams(model, data, beam_size: int):
+    """By hand, for the SID-level tests: each user's target SID and beams ``[(SID, score), ...]`` in beam order,
+    the beams that reach a catalogue SID only (``model.decode`` on every batch of ``data``)."""
+    catalogue = {tuple(sid) for sid in model.item_sid[1:].tolist()}
+    for interaction, *_ in data:
+        with torch.no_grad():
+            codes, scores, _ = model.decode(interaction["item_id_list"], beam_size)
+        for user, target in enumerate(interaction["item_id"].tolist()):
+            beams = zip(map(tuple, codes[user].tolist()), scores[user].tolist())
+            yield tuple(model.item_sid[target].tolist()), [(sid, score) for sid, score in beams if sid in catalogue]

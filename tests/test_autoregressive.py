@@ -106,3 +106,24 @@ def test_trie_lookup_names_each_catalogue_sid_once_and_rejects_others():
     leaves = trie.lookup(catalogue)
     assert trie.n_sids == 3 and leaves[0] == leaves[3] and len(set(leaves.tolist())) == 3
     assert trie.lookup(torch.tensor([[0, 1, 1], [3, 3, 3], [2, 0, 1]])).tolist() == [-1, -1, -1]
+
+
+def test_tiger_trains_and_decodes_on_its_default_rq_vae_sids(tiny_config):
+    # TIGER's own quantizer (RQ-VAE, as its default config), with its disambiguation digit: every item one SID.
+    config = Config("TIGER", NAME, config_dict={**tiny_config, "head_dim": None, "n_head": 2, "encoder_n_layer": 1,
+                                                "n_digit": 3, "rq_vae": {"epochs": 20, "hidden_sizes": [32],
+                                                                         "latent_dim": 8}})
+    assert config["sid_quantizer"] == "rq_vae" and config["sid_collision"] == "disambiguate"
+    dataset = create_dataset(config)
+    train, valid, _ = data_preparation(config, dataset)
+    assert dataset.item_sid.shape[1] == 4  # 3 RQ-VAE digits and the disambiguation digit
+    torch.manual_seed(0)
+    model = get_model("TIGER")(config, train._dataset)
+    assert len(model.item_sid[1:].unique(dim=0)) == model.n_items - 1
+    losses = train_steps(model, next(iter(train)))
+    assert losses[-1] < losses[0] - 0.1
+    model.eval()
+    with torch.no_grad():
+        codes, beam_scores, _ = model.decode(next(iter(valid))[0][model.ITEM_SEQ], 16)
+    catalogue = {tuple(sid) for sid in model.item_sid[1:].tolist()}
+    assert all(tuple(c) in catalogue for c in codes[beam_scores.isfinite()].tolist())

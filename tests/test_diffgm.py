@@ -9,7 +9,7 @@ import socket
 
 import pytest
 import torch
-from conftest import NAME
+from conftest import NAME, catalogue_beams
 from recbole.data import data_preparation
 
 from recbole_diffgm import (
@@ -228,7 +228,12 @@ def test_every_item_is_scored_and_predict_agrees(tiny):
         scores = model.full_sort_predict(interaction)
         assert scores.shape == (len(interaction), model.n_items)
         assert scores[:, 0].eq(float("-inf")).all() and scores[:, 1:].isfinite().all()
-        torch.testing.assert_close(model.predict(interaction), scores.gather(1, interaction["item_id"][:, None])[:, 0])
+        # As RecBole's sampled evaluation asks: each user's row repeated with other candidate items, in one batch.
+        users = torch.arange(len(interaction)).repeat_interleave(5)
+        candidates = torch.randint(1, model.n_items, (len(users),), generator=torch.Generator().manual_seed(0))
+        pairs = interaction[users]
+        pairs.interaction["item_id"] = candidates
+        torch.testing.assert_close(model.predict(pairs), scores[users, candidates], rtol=0, atol=0)
 
 
 @pytest.fixture
@@ -350,18 +355,12 @@ def test_sid_masked_metrics_rank_every_catalogue_sid(tiny_config):
     assert set(result) == {"sid_masked_recall@1", "sid_masked_recall@5", "sid_masked_ndcg@1", "sid_masked_ndcg@5"}
 
     # By hand: rank each target's SID among the catalogue's SIDs by their best beam score.
-    catalogue = {tuple(sid) for sid in model.item_sid[1:].tolist()}
     ranks = []
-    for interaction, *_ in valid:
-        with torch.no_grad():
-            codes, scores, _ = model.decode(interaction["item_id_list"], 128)
-        for user, target in enumerate(interaction["item_id"].tolist()):
-            best = {}
-            for sid, score in zip(map(tuple, codes[user].tolist()), scores[user].tolist()):
-                if sid in catalogue:
-                    best.setdefault(sid, score)
-            target_score = best[tuple(model.item_sid[target].tolist())]
-            ranks.append(1 + sum(score > target_score for score in best.values()))
+    for target_sid, beams in catalogue_beams(model, valid, 128):
+        best = {}
+        for sid, score in beams:
+            best.setdefault(sid, score)
+        ranks.append(1 + sum(score > best[target_sid] for score in best.values()))
     ranks = torch.tensor(ranks, dtype=torch.float)
     assert 0 < result["sid_masked_recall@5"] < 1  # a mix of hits and misses, so the comparison means something
     assert result["sid_masked_recall@5"] == pytest.approx(round((ranks <= 5).float().mean().item(), 4))
@@ -556,3 +555,66 @@ def test_per_position_training_is_the_mean_over_every_prefix_row(tiny_config, mo
 def test_a_per_position_run_trains_and_tests(tiny_config):
     result = run_recbole_diffgm("DiffGM", NAME, config_dict={**tiny_config, "train_per_position": True, "epochs": 2})
     assert result["test_result"] and result["epochs_run"] == 2
+
+
+def test_the_popularity_tie_break_counts_training_interactions_only(tiny_config, tmp_path):
+    # Items 0 and 1 of the tiny catalogue have the same text, so the same SID. Item 1 is in 6 training histories;
+    # item 0 is the held-out test item of 8 users and in no training row: over all data item 0 is the more popular.
+    from conftest import read_atomic
+
+    folder = tmp_path / "data" / NAME
+    tokens = read_atomic(folder / f"{NAME}.item")["item_id:token"].tolist()
+    rows = []
+    for user in range(12):
+        history = [tokens[2 + (3 * user + k) % 40] for k in range(4)]
+        if user < 6:
+            history[1] = tokens[1]
+        test_item = tokens[0] if user < 8 else tokens[42]
+        rows += [f"u{user}\t{item}\t{k}" for k, item in enumerate([*history, tokens[44], test_item])]
+    (folder / f"{NAME}.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n" + "\n".join(rows) + "\n")
+    config = Config("DiffGM", NAME, config_dict=tiny_config)
+    dataset = create_dataset(config)
+    train, _, test = data_preparation(config, dataset)
+    model = get_model("DiffGM")(config, train._dataset).eval()
+    first, copy = dataset.token2id("item_id", [tokens[0], tokens[1]])
+    assert torch.equal(model.item_sid[first], model.item_sid[copy])
+    assert model.sid_group_rank[copy] == 0 and model.sid_group_rank[first] == 1
+    with torch.no_grad():
+        scores = model.full_sort_predict(next(iter(test))[0])
+    assert (scores[:, copy] > scores[:, first]).all()
+
+
+def test_random_masking_from_the_config_hides_each_slot_with_mask_prob(tiny_config):
+    config = Config("DiffGM", NAME, config_dict={**tiny_config, "masking_strategy": "random", "mask_prob": 0.25,
+                                                 "ocn_views": 3})
+    train, _, _ = data_preparation(config, create_dataset(config))
+    model = get_model("DiffGM")(config, train._dataset)
+    target = model.item_sid[torch.arange(1, model.n_items).repeat(50)]
+    torch.manual_seed(0)
+    views = model.masking_views(target, None, None)
+    assert views.shape == (len(target), 3, model.n_slots)
+    assert views.float().mean().item() == pytest.approx(0.25, abs=0.01)
+    nested = (views[:, 1:] >= views[:, :-1]).all()  # guided and sequential views are nested; random ones are not
+    assert not nested
+    batch = next(iter(train))
+    assert torch.isfinite(model.calculate_loss(batch))
+
+
+def test_random_decode_order_from_the_config_fills_slots_in_one_fixed_order(tiny_config):
+    config = Config("DiffGM", NAME, config_dict={**tiny_config, "decode_order": "random", "seed": 3})
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    model = get_model("DiffGM")(config, train._dataset).eval()
+    order = model.slot_order
+    assert sorted(order.tolist()) == list(range(model.n_slots)) and order.tolist() != list(range(model.n_slots))
+    filled_in = []
+
+    def recording(codes, memory_kv, memory_mask):
+        filled_in.append((codes != MASK).sum(dim=-1).max().item())
+        if len(filled_in) > 1:  # every beam has filled exactly the first slots of the order
+            assert (codes[..., order[: filled_in[-1]]] != MASK).all() and (codes != MASK).sum(-1).eq(filled_in[-1]).all()
+        return DiffGM.denoise(model, codes, memory_kv, memory_mask)
+
+    model.denoise = recording
+    with torch.no_grad():
+        model.decode(next(iter(valid))[0]["item_id_list"], 8)
+    assert filled_in == list(range(model.n_slots))

@@ -88,3 +88,20 @@ def test_the_command_line_prints_ranked_recommendations(saved_run, capsys):
     assert main(["--recommend=" + model_file, "--history=" + ",".join(history), "--top_k=3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == ["1", "2", "3"]
+
+
+def test_a_new_item_under_disambiguate_continues_its_sids_numbering(tiny_config, tmp_path):
+    config = {**tiny_config, "epochs": 1, "sid_collision": "disambiguate", "sid_cache_dir": str(tmp_path / "sid_cache")}
+    model_file = run_recbole_diffgm("DiffGM", NAME, config_dict=config)["model_file"]
+    item_file = tmp_path / "data" / NAME / f"{NAME}.item"
+    rows = item_file.read_text().splitlines()
+    first = rows[1].split("\t")  # item 0, whose text item 1 repeats: their SID's group has indices 0 and 1
+    item_file.write_text("\n".join([*rows, *("\t".join([name, *first[1:]]) for name in ("NEW1", "NEW2"))]) + "\n")
+    recommender = Recommender(model_file)
+    token_ids = recommender.dataset.field2token_id[recommender.item_field]
+    item_sid = recommender.dataset.item_sid
+    group = item_sid[token_ids[first[0]]][:-1]
+    assert torch.equal(item_sid[token_ids["NEW1"]], torch.cat([group, torch.tensor([2])]))
+    assert torch.equal(item_sid[token_ids["NEW2"]], torch.cat([group, torch.tensor([3])]))
+    assert len(item_sid[1:].unique(dim=0)) == len(item_sid) - 1  # still one item per SID
+    assert recommender.recommend([first[0]], top_k=5)

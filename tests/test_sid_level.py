@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import NAME
+from conftest import NAME, catalogue_beams
 from recbole.data import data_preparation
 from recbole.evaluator import Collector, Evaluator
 
@@ -50,20 +50,11 @@ def test_eval_level_sid_follows_the_release_on_the_models_own_beams(tiny_config)
     assert set(result) == {"sid_recall@1", "sid_recall@5", "sid_ndcg@1", "sid_ndcg@5"}
 
     # By hand, as the release: walk the beams by score, skip SIDs no item has and repeats, stop at k.
-    catalogue = {tuple(sid) for sid in model.item_sid[1:].tolist()}
     ranks, repeats = [], 0
-    for interaction, *_ in valid:
-        with torch.no_grad():
-            codes, _, _ = model.decode(interaction["item_id_list"], 16)
-        for user, target in enumerate(interaction["item_id"].tolist()):
-            listed = []
-            for sid in map(tuple, codes[user].tolist()):
-                if sid in catalogue and sid not in listed:
-                    listed.append(sid)
-                elif sid in listed:
-                    repeats += 1
-            target_sid = tuple(model.item_sid[target].tolist())
-            ranks.append(listed.index(target_sid) + 1 if target_sid in listed else math.inf)
+    for target_sid, beams in catalogue_beams(model, valid, 16):
+        listed = list(dict.fromkeys(sid for sid, _ in beams))
+        repeats += len(beams) - len(listed)
+        ranks.append(listed.index(target_sid) + 1 if target_sid in listed else math.inf)
     ranks = torch.tensor(ranks)
     assert repeats > 0  # the case the protocol is about occurs here
     assert 0 < result["sid_recall@5"] < 1
