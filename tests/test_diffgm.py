@@ -618,3 +618,33 @@ def test_random_decode_order_from_the_config_fills_slots_in_one_fixed_order(tiny
     with torch.no_grad():
         model.decode(next(iter(valid))[0]["item_id_list"], 8)
     assert filled_in == list(range(model.n_slots))
+
+
+@pytest.mark.parametrize("masking_strategy", ["guided", "random"])
+def test_the_catalogue_loss_is_the_cross_entropy_of_one_pass_scores(tiny_config, masking_strategy):
+    config = Config("DiffGM", NAME, config_dict={**tiny_config, "catalogue_loss_weight": 0.5,
+                                                 "masking_strategy": masking_strategy, "label_smoothing": 0.1})
+    train, _, _ = data_preparation(config, create_dataset(config))
+    torch.manual_seed(0)
+    model = get_model("DiffGM")(config, train._dataset).eval()  # no dropout: every pass is deterministic
+    batch = next(iter(train))
+    torch.manual_seed(1)
+    with_catalogue = model.calculate_loss(batch)
+    model.catalogue_loss_weight = 0.0
+    torch.manual_seed(1)
+    digits_only = model.calculate_loss(batch)
+
+    # By hand: every distinct catalogue SID scored by its digits' all-masked log-probabilities, a softmax over them.
+    with torch.no_grad():
+        memory_kv, memory_mask = model.encode(batch["item_id_list"])
+        masked = torch.full((len(batch), 1, model.n_slots), MASK)
+        first = model.denoise(masked, memory_kv, memory_mask)[:, 0]
+    catalogue = sorted({tuple(sid) for sid in model.item_sid[1:].tolist()})
+    losses = []
+    for row, target in enumerate(batch["item_id"].tolist()):
+        logits = torch.tensor([sum(first[row, d, code].item() for d, code in enumerate(sid)) for sid in catalogue])
+        log_probs = logits.log_softmax(dim=0)
+        target_index = catalogue.index(tuple(model.item_sid[target].tolist()))
+        losses.append(-(0.9 * log_probs[target_index] + 0.1 * log_probs.mean()))
+    expected = torch.stack(losses).mean()
+    assert (with_catalogue - digits_only).item() == pytest.approx(0.5 * expected.item(), rel=1e-4)

@@ -8,7 +8,7 @@ from conftest import NAME
 from recbole_diffgm import run_recbole_diffgm
 from recbole_diffgm.benchmark import Row
 
-GENERATIVE_ROWS = ["DiffGM@DiffGM-release", "DiffGM@sid-reassign", "DiffGM@sid-disambiguate", "DiffGM@sid8", "DiffGM@sid16",
+GENERATIVE_ROWS = ["DiffGM@DiffGM-release", "DiffGM@sid-reassign", "DiffGM@sid-disambiguate", "DiffGM@sid8", "DiffGM@sid16", "DiffGM@all-masked", "DiffGM@catalogue-loss",
                    "DiffGM@one-pass", "DiffGM@per-position", "DiffGM@dense-head", "DiffGM@cross-attention-shared",
                    "ARGM@sid-reassign+per-position", "TIGER@TIGER-cpu"]
 

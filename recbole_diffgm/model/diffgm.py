@@ -66,7 +66,13 @@ class DiffGM(SIDTransformer):
                              f"got {config['decode_passes']!r}")
         if not (isinstance(self.rerank_size, int) and self.rerank_size >= 0):
             raise InputError(f"rerank_size must be a non-negative integer, got {self.rerank_size!r}")
-        self.register_buffer("catalogue_sids", self.item_sid[1:].unique(dim=0), persistent=False)  # one-pass ranks these
+        catalogue_sids, item_catalogue_index = self.item_sid[1:].unique(dim=0, return_inverse=True)
+        self.register_buffer("catalogue_sids", catalogue_sids, persistent=False)  # one-pass ranks these
+        # Each item's row in catalogue_sids (the padding item: row 0, never a target).
+        self.register_buffer("item_catalogue_index", F.pad(item_catalogue_index, (1, 0)), persistent=False)
+        self.catalogue_loss_weight = config["catalogue_loss_weight"]
+        if not (isinstance(self.catalogue_loss_weight, (int, float)) and self.catalogue_loss_weight >= 0):
+            raise InputError(f"catalogue_loss_weight must be a number >= 0, got {self.catalogue_loss_weight!r}")
 
         self.mask_embedding = nn.Parameter(torch.zeros(self.n_slots, config["n_embd"]))  # one per digit slot
         self.apply(self._init_weights)
@@ -144,9 +150,24 @@ class DiffGM(SIDTransformer):
         token_loss[views] = F.cross_entropy(log_probs[views], labels[views], reduction="none",
                                             label_smoothing=self.label_smoothing)
         if self.loss_reduction == "token_mean":  # the released code: every hidden slot of every view alike
-            return (token_loss * views).sum() / views.sum()
-        # The paper: mean over the hidden slots of each view, then over the views.
-        return ((token_loss * views).sum(-1) / views.sum(-1)).mean()
+            loss = (token_loss * views).sum() / views.sum()
+        else:  # the paper: mean over the hidden slots of each view, then over the views
+            loss = ((token_loss * views).sum(-1) / views.sum(-1)).mean()
+        if self.catalogue_loss_weight:
+            if self.masking_strategy == "random":  # no view is sure to hide every slot
+                codes = torch.full((len(target), 1, self.n_slots), MASK, device=target.device)
+                first_log_probs = self.denoise(codes, memory_kv, memory_mask)[:, 0]
+            else:  # the last view of the last path hides every slot
+                first_log_probs = log_probs[:, -1]
+            loss = loss + self.catalogue_loss_weight * self.catalogue_loss(first_log_probs, targets)
+        return loss
+
+    def catalogue_loss(self, first_log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the target's SID among every catalogue SID, each scored as one-pass decoding ranks it
+        (the sum of its digits' all-masked log-probabilities): the likelihood of the generative model's own SID
+        distribution restricted to the catalogue, so training optimises the ranking that one-pass scoring reads."""
+        scores = one_pass_scores(first_log_probs.float(), self.catalogue_sids)  # [B, S]
+        return F.cross_entropy(scores, self.item_catalogue_index[targets], label_smoothing=self.label_smoothing)
 
     # ----- inference: CPD, scored per item ----------------------------------------------------------------
 
