@@ -28,8 +28,8 @@ def headline(results_md: Path, results_csv: Path) -> str:
     rule = next((line for line in results_md.read_text(encoding="utf-8").splitlines() if line.startswith("Every row")),
                 "")
     lines = [START, "",
-             f"From [`{results_md.relative_to(ROOT)}`]({results_md.relative_to(ROOT)}) (its command at its top). "
-             f"{rule} Test split, item level unless labelled SID-level; mean over the seeds run so far.", "",
+             (f"From [`{results_md.relative_to(ROOT)}`]({results_md.relative_to(ROOT)}) (its command at its top). "
+              f"{rule} Test split, item level unless labelled SID-level; mean over the seeds run so far."), "",
              "| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
         cells = [row[name] or "–" for name, _ in COLUMNS]

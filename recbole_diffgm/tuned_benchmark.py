@@ -18,7 +18,7 @@ from pathlib import Path
 from recbole_diffgm.benchmark import run_benchmark
 from recbole_diffgm.config import PROPERTIES_DIR
 from recbole_diffgm.errors import InputError
-from recbole_diffgm.tuning import run_search
+from recbole_diffgm.tuning import require_ray, run_search
 
 
 def parse_budget(text: str) -> tuple[int, float | None]:
@@ -41,6 +41,7 @@ def run_tuned_benchmark(models: list[str], dataset: str, budget: str, config_fil
                         ray_address: str | None = None, max_concurrent_trials: int | None = None) -> list[dict]:
     """Tune every model with ``budget`` (``parse_budget``), then benchmark the tuned configs over ``seeds``."""
     trials, seconds = parse_budget(budget)
+    require_ray()
     out = Path(results_dir)
     spaces = {model: Path(params_dir or PROPERTIES_DIR / "hyper") / f"{model}.test" for model in models}
     missing = [str(path) for path in spaces.values() if not path.is_file()]

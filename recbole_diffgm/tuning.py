@@ -136,6 +136,15 @@ def _trial(params: dict, model: str, dataset: str, config_file_list, config_dict
     session.report({"best_valid_score": result["best_valid_score"], "done_training": True})
 
 
+def require_ray() -> None:
+    """The search modes need Ray Tune; training, evaluation, the benchmark and recommending never import it."""
+    try:
+        import ray.tune  # noqa: F401
+    except ImportError as error:
+        raise InputError(f"the search modes (--params_file, --tune_budget) need Ray Tune, which cannot be imported "
+                         f"here ({error}): pip install 'ray[tune]'") from None
+
+
 def run_search(model: str, dataset: str, params_file: str, config_file_list=None, config_dict=None,
                num_samples: int = 10, tune_dir: str = "tune", name: str | None = None,
                ray_address: str | None = None, cpus_per_trial: float = 1, gpus_per_trial: float | None = None,
@@ -153,6 +162,7 @@ def run_search(model: str, dataset: str, params_file: str, config_file_list=None
     checkpoint so far.
     """
     compat.restore_numpy_aliases()
+    require_ray()
     import ray
 
     from recbole_diffgm.config import Config

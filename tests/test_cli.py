@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import yaml
-from conftest import SCRIPT
+from conftest import NAME, SCRIPT, read_atomic
 
 
 def run_cli(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -56,3 +58,29 @@ def test_config_files_and_overrides_in_recbole_priority(fast_config, slice_root,
     assert "beauty-slice: 300 users, " in log
     assert "test result" in log and "ndcg@10" in log
     assert list((tmp_path / "saved").glob("SASRec-*.pth"))
+
+
+def test_training_runs_without_ray_and_the_search_modes_say_what_to_install(tiny_config, tmp_path):
+    # Ray made unimportable (as when it is not installed): a run, its benchmark table and a recommendation work;
+    # the search modes stop with one line.
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.modules["ray"] = None  # import ray now raises ImportError
+        from recbole_diffgm import Recommender, run_recbole_diffgm
+        from recbole_diffgm.benchmark import run_benchmark
+        from recbole_diffgm.cli import main
+        settings = json.loads(sys.argv[1])
+        result = run_recbole_diffgm("DiffGM", "{NAME}", config_dict={{**settings, "epochs": 1}})
+        run_benchmark(["DiffGM"], "{NAME}", config_dict={{**settings, "epochs": 1}}, results_dir="results")
+        assert len(Recommender(result["model_file"]).recommend([sys.argv[2]], top_k=3)) == 3
+        print("trained", flush=True)
+        sys.exit(main(["--model=GRU4Rec", "--dataset={NAME}", "--params_file=hyper.test",
+                       "--data_path=" + settings["data_path"]]))
+    """)
+    item = read_atomic(tmp_path / "data" / NAME / f"{NAME}.item")["item_id:token"][5]
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(tiny_config), item], cwd=tmp_path, check=False,
+                          capture_output=True, text=True, timeout=600)
+    assert "trained" in done.stdout, done.stderr
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "error: the search modes (--params_file, --tune_budget) need Ray Tune, which cannot be imported here")

@@ -12,7 +12,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def test_ci_runs_exactly_the_readme_test_command():
-    commands = re.findall(r"```bash\n(.*?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
+    commands = re.findall(r"```bash\n(.*?)\n```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
     assert commands[0].startswith("pip install torch==2.13.0 && pip install -e . && python run_recbole_diffgm.py")
     assert commands[1] in (ROOT / ".ci" / "run").read_text().splitlines()
 
