@@ -8,8 +8,9 @@ The dataset, split, metrics, selection rule and every command-line setting are t
 
 Each run lives in ``<results_dir>/<dataset>-runs/<row>-seed<seed>/``: ``run.json`` (its key and result) once it
 has finished, its checkpoints meanwhile. The key is a digest of the run's resolved config, the data files and
-this package's code: a run whose ``run.json`` has the same key is reused instead of retrained, and a killed run
-with the same key resumes from its resume state, so a long benchmark can be completed in parts.
+the version of what the code computes (``RUN_CODE_VERSION``): a run whose ``run.json`` has the same key is reused
+instead of retrained, and a killed run with the same key resumes from its resume state, so a long benchmark can be
+completed in parts, across refactors that leave every result as it was.
 
 Generative models are tested twice from the same checkpoint: item-level (the default, comparable with every
 other row) and SID-level (the DiffGRM release's protocol, labelled ``sid_``); each states its SIDs.
@@ -153,10 +154,10 @@ def _reuse_or_run(model, dataset, config_file_list, config_dict, run_dir: Path, 
     if finished.is_file():
         stored = json.loads(finished.read_text())
         if stored.get("key") == key:
-            getLogger().info(f"benchmark: {model} reused from {finished} (same config, data and code)")
+            getLogger().info(f"benchmark: {model} reused from {finished} (same config, data and code version)")
             return {**stored["result"], "reused": True}
     if report_only:
-        return {"error": "not run yet (no finished run of this config, data and code)"}
+        return {"error": "not run yet (no finished run of this config, data and code version)"}
     started = run_dir / "started.json"
     resume_files = sorted(run_dir.glob("*-resume.pth"))
     same_run = started.is_file() and json.loads(started.read_text()).get("key") == key
@@ -186,19 +187,19 @@ def _reuse_or_run(model, dataset, config_file_list, config_dict, run_dir: Path, 
     return result
 
 
-# The code a run executes, by the kind of model: a change elsewhere (the benchmark, tuning, the CLI, another
-# model family) leaves its finished runs reusable.
-_RUN_CODE = ("__init__.py", "compat.py", "config.py", "errors.py", "quick_start.py", "trainer.py", "utils.py",
-             "data/catalog.py", "data/amazon.py")
-_GENERATIVE_CODE = ("data", "model")
+# The version of what a run computes, by the kind of model. Bump one when a change alters what its runs compute
+# (weights, scores, metrics): tests/test_recipes.py compares small runs of every benchmark row with the fingerprints
+# recorded for these versions (tests/data/run-fingerprints.json) and fails until the version is bumped. A refactor
+# that keeps every fingerprint keeps the finished runs of a long benchmark reusable.
+RUN_CODE_VERSION = {"recbole": 1, "generative": 1}
 _ATOMIC_SUFFIXES = ("inter", "user", "item", "kg", "link", "net")  # RecBole's atomic files
 
 
 def run_key(config, generative: bool) -> str:
     """Digest of what determines a run's result: its resolved config (every property file's effect included; less
     where it writes, and for a RecBole model less ``properties/generative.yaml``'s keys), the dataset's atomic
-    files (and for a generative model its shipped SIDs), RecBole's version and the code the run
-    executes (``_RUN_CODE``, and for a ``generative`` model ``_GENERATIVE_CODE`` too)."""
+    files (and for a generative model its shipped SIDs), RecBole's version and ``RUN_CODE_VERSION`` of the
+    model's kind."""
     from importlib.metadata import version
 
     from recbole_diffgm.config import PROPERTIES_DIR
@@ -209,18 +210,14 @@ def run_key(config, generative: bool) -> str:
     settings = {key: value for key, value in _plain(config.final_config_dict).items() if key not in ignored}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(f"recbole {version('recbole')}".encode())
+    kind = "generative" if generative else "recbole"
+    digest.update(f"{kind} code version {RUN_CODE_VERSION[kind]}".encode())
     folder, name = Path(config["data_path"]), config["dataset"]
     data_files = [folder / f"{name}.{suffix}" for suffix in _ATOMIC_SUFFIXES]
     if generative:
         data_files += folder.glob(f"{name}.sids-*.npz")
     for path in sorted(path for path in data_files if path.is_file()):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    package = Path(__file__).resolve().parent
-    files = {package / name for name in _RUN_CODE}
-    if generative:
-        files |= {path for folder in _GENERATIVE_CODE for path in (package / folder).rglob("*.py")}
-    for path in sorted(files):
-        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -380,7 +377,7 @@ def _write_tables(rows: list[dict], dataset: str, out: Path, command: str | None
         "SIDs: quantizer, digits × codes (+ a disambiguation digit), collision policy, items that share their SID. "
         "Mean ± standard deviation over seeds. Training time leaves validation out (valid min); inference: loading the best "
         "checkpoint and scoring every test user, per user. Reused: runs taken from an earlier command with the "
-        f"same config, data and code ({dataset}-runs/). Learning curves: {dataset}-curves.png, {dataset}-curves/.\n\n"
+        f"same config, data and code version ({dataset}-runs/). Learning curves: {dataset}-curves.png, {dataset}-curves/.\n\n"
         + "\n".join(lines) + "\n")
 
 
