@@ -154,7 +154,7 @@ def measure_quality(args) -> dict:
     batches = list(test_batches(test, args.quality_users, args.decode_batch))
     rows = []
     for label, overrides, beam in MODES:  # each mode sets the model's own decoding fields
-        model.decode_mode, model.decode_passes, model.rerank_size = "cpd", model.n_slots, 0
+        model.decode_mode, model.decode_passes, model.rerank_size = "cpd", model.n_digit, 0
         for key, value in overrides.items():
             setattr(model, key, value)
         model.beam_size = beam

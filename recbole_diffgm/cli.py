@@ -7,6 +7,7 @@ As RecBole's ``run_recbole.py``: ``--config_files`` takes space-separated yaml f
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +39,9 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     serve.add_argument("--top_k", type=int, default=10, help="items to recommend (default: %(default)s)")
     serve.add_argument("--unknown_items", default="skip", choices=("skip", "error"),
                        help="history ids the run does not know: skip them with a warning, or stop (default: skip)")
+    serve.add_argument("--verbose", action="store_true",
+                       help="also show the info logging on stderr (default: only warnings and errors; all of it goes to "
+                            "the log file in log/<Model>/)")
     benchmark = parser.add_argument_group("benchmark (--model=A,B,...)")
     benchmark.add_argument("--seeds", default=None, help="comma-separated seeds; the table shows mean ± std")
     benchmark.add_argument("--seeded_rows", default=None, metavar="ROW,ROW",
@@ -92,8 +96,16 @@ def main(argv: list[str] | None = None) -> int:
             from recbole_diffgm.recommend import recommend
 
             history = [item for item in args.history.split(",") if item]
-            for rank, item in enumerate(recommend(args.recommend, history, args.top_k, args.unknown_items), start=1):
-                print(f"{rank}\t{item.item_id}\t{item.score:.4f}\t{item.title}")
+            # stdout holds the result lines alone; the logging goes to the log file, and to stderr from warnings
+            # up (all of it with --verbose). RecBole's Config reads sys.argv as config keys: these flags are none
+            # (and it would warn of a bare --verbose as unused), so it sees none while the run loads.
+            command_line, sys.argv = sys.argv, sys.argv[:1]
+            try:
+                items = recommend(args.recommend, history, args.top_k, args.unknown_items, verbose=args.verbose)
+            finally:
+                sys.argv = command_line
+            return _print_lines(f"{rank}\t{item.item_id}\t{item.score:.4f}\t{item.title}\n"
+                                for rank, item in enumerate(items, start=1))
         elif args.params_file:
             from recbole_diffgm.tuning import run_search
 
@@ -128,4 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _print_lines(lines) -> int:
+    """Write ``lines`` to stdout in one write; a reader that stops early (``| head -3``) ends the command quietly."""
+    try:
+        sys.stdout.write("".join(lines))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # What is left in the buffer goes nowhere, instead of a second BrokenPipeError when Python exits.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

@@ -18,9 +18,10 @@ import recbole.utils
 from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils.argument_list import dataset_arguments
 
-from recbole_diffgm.data.catalog import ensure_dataset
+from recbole_diffgm.data.atomic_files import ensure_dataset, orders_by_file
+from recbole_diffgm.data.dataset import FileOrderSequentialDataset
 from recbole_diffgm.errors import InputError
-from recbole_diffgm.trainer import PluginTrainerMixin
+from recbole_diffgm.trainer import GenerativeTrainer, PluginTrainerMixin
 
 _RECBOLE_MODEL_PACKAGES = (
     "general_recommender",
@@ -73,15 +74,20 @@ def get_model(model_name: str) -> type[AbstractRecommender]:
 
 
 @functools.cache
-def _with_checkpoint_compat(trainer_class: type) -> type:
+def _with_plugin_mixin(trainer_class: type) -> type:
     return type(trainer_class.__name__, (PluginTrainerMixin, trainer_class), {})
 
 
 def get_trainer(model_type, model_name: str) -> type:
-    """The model's ``trainer_class`` (this plugin's models), else RecBole's trainer for it, made able to
-    reload its checkpoints on torch >= 2.6."""
-    trainer_class = getattr(get_model(model_name), "trainer_class", None)
-    return trainer_class or _with_checkpoint_compat(recbole.utils.get_trainer(model_type, model_name))
+    """``GenerativeTrainer`` for the models that decode semantic IDs, else RecBole's trainer for the model, with
+    this plugin's ``PluginTrainerMixin`` (resumable, budgeted, atomic checkpoints that reload on torch >= 2.6)."""
+    from recbole_diffgm.model.generative import (
+        GenerativeRecommender,  # not at the top: a cycle
+    )
+
+    if issubclass(get_model(model_name), GenerativeRecommender):
+        return GenerativeTrainer
+    return _with_plugin_mixin(recbole.utils.get_trainer(model_type, model_name))
 
 
 def create_dataset(config, dataset_class=None, sid_catalogue=None):
@@ -105,8 +111,20 @@ def create_dataset(config, dataset_class=None, sid_catalogue=None):
                          ) from None
 
 
+def _file_order_class(config) -> type:
+    """A RecBole model's dataset class for an ``.inter`` without a time column: RecBole's ``SequentialDataset``
+    ordered by the file. RecBole's own dataset classes of single models (DIEN, KSR, ...) need the time column."""
+    if hasattr(recbole.data.dataset, f"{config['model']}Dataset"):
+        inter_file = Path(config["data_path"]) / f"{config['dataset']}.inter"
+        raise InputError(f"{inter_file}: no column '{config['TIME_FIELD']}'; {config['model']} needs the time of "
+                         "each interaction: set TIME_FIELD to the time column")
+    return FileOrderSequentialDataset
+
+
 def _build_dataset(config, dataset_class, sid_catalogue):
     dataset_class = dataset_class or getattr(get_model(config["model"]), "dataset_class", None)
+    if dataset_class is None and orders_by_file(config):
+        dataset_class = _file_order_class(config)
     if dataset_class is None:
         return recbole.data.create_dataset(config)
     if sid_catalogue is not None:

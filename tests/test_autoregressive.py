@@ -14,17 +14,17 @@ from recbole_diffgm import Config, create_dataset, get_model
 from recbole_diffgm.model.decoding import PrefixTrie, autoregressive_beam_search
 
 
-def toy_next_log_probs(n_slots: int, n_codes: int):
-    """A left-to-right model over ``n_slots`` digits whose next-digit distribution depends on the prefix."""
+def toy_next_log_probs(n_digit: int, n_codes: int):
+    """A left-to-right model over ``n_digit`` digits whose next-digit distribution depends on the prefix."""
     generator = torch.Generator().manual_seed(0)
     tables = {prefix: torch.randn(n_codes, generator=generator).log_softmax(-1)
-              for t in range(n_slots) for prefix in itertools.product(range(n_codes), repeat=t)}
+              for t in range(n_digit) for prefix in itertools.product(range(n_codes), repeat=t)}
 
     def next_log_probs(prefixes):
         return torch.stack([torch.stack([tables[tuple(p.tolist())] for p in user]) for user in prefixes])
 
     def score(sid):
-        return sum(tables[tuple(sid[:t])][sid[t]].item() for t in range(n_slots))
+        return sum(tables[tuple(sid[:t])][sid[t]].item() for t in range(n_digit))
 
     return next_log_probs, score
 

@@ -67,9 +67,10 @@ CASES = [
     # (case, file edits, extra arguments, the message after "error: ")
     ("missing column", [("inter", lambda lines: [lines.__setitem__(i, line.rsplit("\t", 1)[0])
                                                  for i, line in enumerate(lines)])], [],
-     f"{INTER}: no column 'timestamp' (columns: user_id:token, item_id:token)"),
+     f"{INTER}: no column 'timestamp' (columns: user_id:token, item_id:token); set load_col to the columns to load"),
     ("misspelled column", [("inter", replace_header("item_id:token", "itemid:token"))], [],
-     f"{INTER}: no column 'item_id' (columns: user_id:token, itemid:token, timestamp:float); did you mean 'itemid'?"),
+     (f"{INTER}: no column 'item_id' (columns: user_id:token, itemid:token, timestamp:float); set load_col to the "
+      "columns to load (did you mean 'itemid'?)")),
     ("wrong type", [("inter", lambda lines: lines.__setitem__(3, lines[3].rsplit("\t", 1)[0] + "\tyesterday"))], [],
      f"{INTER}, line 4: field 'timestamp:float' must be a number, got 'yesterday'"),
     ("ragged row, extra field", [("inter", lambda lines: lines.__setitem__(5, lines[5] + "\t5"))], [],
@@ -89,7 +90,10 @@ CASES = [
      f"{ITEM}, line 3: not UTF-8 (byte 0xe9 at column {{latin_column}}); save the file as UTF-8"),
     ("item file without text fields", [("item", lambda lines: [lines.__setitem__(i, line.split("\t")[0])
                                                                for i, line in enumerate(lines)])], [],
-     f"{ITEM}: no column 'title' (columns: item_id:token)"),
+     f"{ITEM}: no column 'title' (columns: item_id:token); set load_col to the columns to load"),
+    ("item text field not in the item file", [], ["--item_text_fields=['title','color']"],
+     (f"{ITEM}: no column 'color' (columns: item_id, title, brand, categories, price, sales_type, sales_rank); set "
+      "item_text_fields to the columns to embed")),
     ("duplicate item rows", [("item", lambda lines: lines.__setitem__(6, lines[5]))], [],
      f"{ITEM}: item '{{duplicated}}' appears in more than one row"),
     ("empty after filtering", [], ["--user_inter_num_interval=[100,inf)"],

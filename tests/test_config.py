@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from recbole_diffgm.config import PROPERTIES_DIR, Config
+from recbole_diffgm import get_model
+from recbole_diffgm.config import PROPERTIES_DIR, Config, model_property_files
 
 MODEL_FILES = sorted((PROPERTIES_DIR / "model").glob("*.yaml"))
 DATASET_FILES = sorted((PROPERTIES_DIR / "dataset").glob("*.yaml"))
@@ -19,15 +20,39 @@ def test_dataset_files_hold_no_model_recipe_key(dataset_file):
         assert not shared, f"{dataset_file.name} would override {model_file.name}'s {sorted(shared)}"
 
 
-@pytest.mark.parametrize("model_file", MODEL_FILES, ids=lambda path: path.stem)
-def test_each_model_file_key_reaches_the_model(model_file):
-    expected = yaml.safe_load(model_file.read_text())
-    config = Config(model_file.stem, "amazon-beauty")
+MODELS = ("DiffGM", "ARGM", "TIGER", "SASRec", "GRU4Rec", "BERT4Rec")
+
+
+def model_files(model: str) -> list:
+    return model_property_files(get_model(model))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_each_model_file_key_reaches_the_model(model):
+    expected = {}
+    for file in model_files(model):  # bases first: a model's own file wins
+        expected |= yaml.safe_load(file.read_text())
+    config = Config(model, "amazon-beauty")
     for key, value in expected.items():
         if key == "train_neg_sample_args" and value is None:  # RecBole spells "no sampling" as a dict
-            assert config[key]["distribution"] == "none", model_file.name
+            assert config[key]["distribution"] == "none", model
             continue
-        assert config[key] == value, f"{model_file.name}: {key} is {config[key]!r} at run time, not {value!r}"
+        assert config[key] == value, f"{model}: {key} is {config[key]!r} at run time, not {value!r}"
+
+
+def test_every_model_file_is_read_by_a_model_and_argm_repeats_none_of_diffgms_recipe():
+    read = {file for model in MODELS for file in model_files(model)}
+    assert set(MODEL_FILES) == read, f"read by no model: {sorted(set(MODEL_FILES) - read)}"
+    # ARGM is DiffGM's control: it takes the shared recipe. (TIGER states its own paper's values, all of them.)
+    for model in ("DiffGM", "ARGM"):
+        *bases, own = model_files(model)
+        inherited = {}
+        for file in bases:
+            inherited |= yaml.safe_load(file.read_text())
+        copies = {key for key, value in yaml.safe_load(own.read_text()).items()
+                  if key in inherited and inherited[key] == value}
+        assert not copies, f"{own.name} repeats {sorted(copies)} of its base's file"
+    assert [file.stem for file in model_files("ARGM")] == ["SIDTransformer", "ARGM"]
 
 
 def test_tiger_reads_the_paper_history_length_and_sasrec_the_default():

@@ -11,19 +11,19 @@ from recbole.data import data_preparation
 from test_diffgm import path_score, toy_denoiser, train_steps
 
 from recbole_diffgm import Config, create_dataset, get_model
+from recbole_diffgm.evaluation import digit_sum_scores
 from recbole_diffgm.model.decoding import (
     MASK,
     cpd_beam_search,
     fill_schedule,
     guided_sid_scores,
-    one_pass_scores,
 )
 
 
 def plain_cpd(model, history: torch.Tensor, beam_size: int) -> list[tuple[float, tuple[int, ...]]]:
     """CPD the plain way: one user, one beam at a time, the history re-encoded and every slot scored each time."""
-    beams = [(0.0, (MASK,) * model.n_slots)]
-    for _ in range(model.n_slots):
+    beams = [(0.0, (MASK,) * model.n_digit)]
+    for _ in range(model.n_digit):
         candidates = []
         for score, codes in beams:
             memory_kv, memory_mask = model.encode(history[None])
@@ -32,7 +32,7 @@ def plain_cpd(model, history: torch.Tensor, beam_size: int) -> list[tuple[float,
             tokens = model.token_embedding(torch.where(visible, state + model.code_offsets, 0))
             inputs = torch.where(visible[..., None], tokens, model.mask_embedding)
             log_probs = model.decode_slots(inputs, memory_kv, memory_mask)[0, 0]
-            for slot, code in itertools.product(range(model.n_slots), range(model.n_codes)):
+            for slot, code in itertools.product(range(model.n_digit), range(model.n_codes)):
                 if codes[slot] == MASK:
                     filled = codes[:slot] + (code,) + codes[slot + 1:]
                     candidates.append((score + log_probs[slot, code].item(), filled))
@@ -94,22 +94,22 @@ def test_fewer_passes_run_fewer_denoiser_calls_and_complete_every_sid(tiny):
     histories = batch[model.ITEM_SEQ][:4]
     memory_kv, memory_mask = model.encode(histories)
     counted, calls = counting(lambda codes: model.denoise(codes, memory_kv, memory_mask))
-    codes, scores, _ = cpd_beam_search(counted, 4, model.n_slots, beam_size=16, passes=2)
+    codes, scores, _ = cpd_beam_search(counted, 4, model.n_digit, beam_size=16, passes=2)
     # 4 digits in 2 passes: each pass expands the beam on 1 digit and fills 1 more greedily.
     assert len(calls) == 2 and (calls[1] != MASK).sum(-1).eq(2).all()
     assert (codes != MASK).all() and (scores[:, 1:] <= scores[:, :-1]).all()
-    full, _, _ = cpd_beam_search(lambda c: model.denoise(c, memory_kv, memory_mask), 4, model.n_slots, 16)
-    default, _, _ = cpd_beam_search(lambda c: model.denoise(c, memory_kv, memory_mask), 4, model.n_slots, 16,
-                                    passes=model.n_slots)
+    full, _, _ = cpd_beam_search(lambda c: model.denoise(c, memory_kv, memory_mask), 4, model.n_digit, 16)
+    default, _, _ = cpd_beam_search(lambda c: model.denoise(c, memory_kv, memory_mask), 4, model.n_digit, 16,
+                                    passes=model.n_digit)
     assert torch.equal(full, default)
 
 
-def test_one_pass_scores_sum_the_all_masked_log_probs():
+def test_digit_sum_scores_sum_the_all_masked_log_probs():
     tables, _ = toy_denoiser()
     first = tables[(MASK, MASK)][None]
     sids = torch.tensor(list(itertools.product(range(3), repeat=2)))
     expected = torch.tensor([[first[0, 0, a] + first[0, 1, b] for a, b in sids.tolist()]])
-    torch.testing.assert_close(one_pass_scores(first, sids), expected)
+    torch.testing.assert_close(digit_sum_scores(first, sids), expected)
 
 
 def test_guided_scores_fill_each_sid_most_confident_digit_first():
@@ -130,13 +130,13 @@ def test_one_pass_mode_ranks_the_catalogue_and_reranks_its_top(tiny):
     histories = batch[model.ITEM_SEQ][:3]
     model.decode_mode = "one_pass"
     codes, scores, first = model.decode(histories, beam_size=5)
-    every = one_pass_scores(first, model.catalogue_sids)
+    every = digit_sum_scores(first, model.distinct_sids)
     torch.testing.assert_close(scores, every.topk(5, dim=1).values)
     assert (model.sid_trie.lookup(codes) >= 0).all()
     model.rerank_size = 6
     reranked, rescored, _ = model.decode(histories, beam_size=5)
     memory_kv, memory_mask = model.encode(histories)
-    top = model.catalogue_sids[every.topk(6, dim=1).indices]
+    top = model.distinct_sids[every.topk(6, dim=1).indices]
     guided = guided_sid_scores(lambda c: model.denoise(c, memory_kv, memory_mask), top, first)
     torch.testing.assert_close(rescored, guided.sort(dim=1, descending=True).values)
     assert all({tuple(s) for s in a} == {tuple(s) for s in b} for a, b in zip(reranked.tolist(), top.tolist()))

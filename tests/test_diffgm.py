@@ -21,7 +21,8 @@ from recbole_diffgm import (
     load_data_and_model,
     run_recbole_diffgm,
 )
-from recbole_diffgm.model.decoding import MASK, cpd_beam_search, rank_sids
+from recbole_diffgm.evaluation import merge_beams, ranked_sids
+from recbole_diffgm.model.decoding import MASK, PrefixTrie, cpd_beam_search
 from recbole_diffgm.model.diffgm import DiffGM
 
 
@@ -90,7 +91,7 @@ def test_entropy_confidence_can_order_slots_unlike_max_probability(tiny):
     probs = torch.tensor([[0.5] + [0.5 / 7] * 7, [0.4, 0.4] + [0.2 / 6] * 6]).log()
     model.denoise = lambda codes, kv, mask, every_slot=False: probs.expand(*codes.shape, 8)
     target = torch.zeros(1, 2, dtype=torch.long)
-    model.n_slots = 2
+    model.n_digit = 2
     assert model.guided_order(target, None, None).tolist() == [[1, 0]]  # msp: slot 1 (0.4) is less confident
     model.guided_confidence = "entropy"
     assert model.guided_order(target, None, None).tolist() == [[0, 1]]  # entropy: slot 0 is less confident
@@ -110,7 +111,7 @@ def test_guided_refresh_reprobes_with_the_hidden_slots(tiny):
         chosen = torch.zeros_like(target, dtype=torch.bool)
         hidden = torch.ones_like(chosen)
         picks = []
-        for _ in range(model.n_slots):
+        for _ in range(model.n_digit):
             inputs = torch.where(hidden[..., None], model.mask_embedding, model.token_embedding(target + model.code_offsets))
             probe = model.decode_slots(inputs[:, None], memory_kv, memory_mask)[:, 0]
             pick = probe.amax(dim=-1).masked_fill(chosen, float("inf")).argmin(dim=1)
@@ -119,7 +120,7 @@ def test_guided_refresh_reprobes_with_the_hidden_slots(tiny):
             hidden = chosen.clone()
     assert torch.equal(order, torch.stack(picks, dim=1))
     # The bug this guards: visible slots scored -inf after the first pick, so the rest came in slot order.
-    slot_order = [[first] + [slot for slot in range(model.n_slots) if slot != first] for first in order[:, 0].tolist()]
+    slot_order = [[first] + [slot for slot in range(model.n_digit) if slot != first] for first in order[:, 0].tolist()]
     assert order.tolist() != slot_order
 
 
@@ -178,7 +179,7 @@ def test_cpd_with_a_covering_beam_equals_brute_force():
     # Every fill order of every SID.
     paths = sorted(((path_score(tables, sid, order), sid) for sid in itertools.product(range(3), repeat=2)
                     for order in itertools.permutations(range(2))), reverse=True)
-    codes, scores, first = cpd_beam_search(denoise, batch_size=1, n_slots=2, beam_size=len(paths))
+    codes, scores, first = cpd_beam_search(denoise, batch_size=1, n_digit=2, beam_size=len(paths))
     assert [tuple(c) for c in codes[0].tolist()] == [sid for _, sid in paths]
     torch.testing.assert_close(scores[0], torch.tensor([score for score, _ in paths]))
     torch.testing.assert_close(first[0], tables[(MASK, MASK)])
@@ -208,17 +209,33 @@ def test_a_fixed_slot_order_equals_brute_force_in_that_order():
     torch.testing.assert_close(scores[0], torch.tensor([score for score, _ in paths]))
 
 
-def test_generated_lists_drop_illegal_sids_and_duplicates_unless_asked():
-    codes = torch.tensor([[1, 2], [1, 2], [3, 3], [0, 1], [3, 3]])
-    scores = torch.tensor([-1.0, -1.5, -2.0, -2.5, -3.0])
-    legal = torch.tensor([True, True, True, False, True])  # (0, 1) belongs to no item
-    simple, simple_scores = rank_sids(codes, scores, legal, "simple")
+def test_generated_lists_drop_illegal_sids_and_duplicates():
+    catalogue = torch.tensor([[1, 2], [2, 0], [3, 3]])  # sorted: the trie's leaves in order
+    trie = PrefixTrie(catalogue, n_codes=4)
+    codes = torch.tensor([[[1, 2], [1, 2], [3, 3], [0, 1], [3, 3]]])
+    scores = torch.tensor([[-1.0, -1.5, -2.0, -2.5, -3.0]])
+    leaves = trie.lookup(codes)
+    assert leaves.tolist() == [[0, 0, 2, -1, 2]]  # (0, 1) belongs to no item
+    [(simple, simple_scores)] = ranked_sids(merge_beams(leaves, scores, trie.n_sids, "simple"), catalogue, 10)
     assert simple.tolist() == [[1, 2], [3, 3]] and simple_scores.tolist() == [-1.0, -2.0]
-    weighted, weighted_scores = rank_sids(codes, scores, legal, "weighted")
+    [(weighted, weighted_scores)] = ranked_sids(merge_beams(leaves, scores, trie.n_sids, "weighted"), catalogue, 10)
     assert weighted.tolist() == [[1, 2], [3, 3]]
-    torch.testing.assert_close(weighted_scores, torch.stack([scores[:2].logsumexp(0), scores[[2, 4]].logsumexp(0)]))
-    kept, _ = rank_sids(codes, scores, legal, "none")
-    assert kept.tolist() == [[1, 2], [1, 2], [3, 3], [3, 3]]
+    torch.testing.assert_close(weighted_scores, torch.stack([scores[0, :2].logsumexp(0), scores[0, [2, 4]].logsumexp(0)]))
+    [(top_one, _)] = ranked_sids(merge_beams(leaves, scores, trie.n_sids, "simple"), catalogue, 1)
+    assert top_one.tolist() == [[1, 2]]
+
+
+def test_generate_without_dedup_keeps_every_legal_beam_in_order(two_digit):
+    model, interaction = two_digit
+    model.beam_size = 32
+    histories = interaction[model.ITEM_SEQ][:4]
+    torch.manual_seed(0)
+    codes, scores, _ = model.decode(histories, model.beam_size)
+    for user, (kept, kept_scores) in enumerate(model.generate(histories, top_k=20, dedup="none")):
+        legal = [(tuple(c), s) for c, s in zip(codes[user].tolist(), scores[user].tolist())
+                 if model.sid_trie.lookup(torch.tensor(c)) >= 0][:20]
+        assert [tuple(c) for c in kept.tolist()] == [c for c, _ in legal]
+        assert kept_scores.tolist() == [s for _, s in legal]
 
 
 def test_every_item_is_scored_and_predict_agrees(tiny):
@@ -456,7 +473,7 @@ def test_a_checkpoint_from_before_separate_cross_attention_loads_as_shared(tiny_
 
 
 def test_items_that_share_a_sid_are_ordered_by_popularity_then_id_exactly():
-    from recbole_diffgm.model.decoding import break_ties, group_ranks
+    from recbole_diffgm.evaluation import break_ties, group_ranks
 
     # Items 1-4 share a SID (popularity 5, 8, 10, 8), items 5-6 another; item 0 is alone.
     groups = torch.tensor([0, 1, 1, 1, 1, 2, 2])
@@ -592,7 +609,7 @@ def test_random_masking_from_the_config_hides_each_slot_with_mask_prob(tiny_conf
     target = model.item_sid[torch.arange(1, model.n_items).repeat(50)]
     torch.manual_seed(0)
     views = model.masking_views(target, None, None)
-    assert views.shape == (len(target), 3, model.n_slots)
+    assert views.shape == (len(target), 3, model.n_digit)
     assert views.float().mean().item() == pytest.approx(0.25, abs=0.01)
     nested = (views[:, 1:] >= views[:, :-1]).all()  # guided and sequential views are nested; random ones are not
     assert not nested
@@ -605,7 +622,7 @@ def test_random_decode_order_from_the_config_fills_slots_in_one_fixed_order(tiny
     train, valid, _ = data_preparation(config, create_dataset(config))
     model = get_model("DiffGM")(config, train._dataset).eval()
     order = model.slot_order
-    assert sorted(order.tolist()) == list(range(model.n_slots)) and order.tolist() != list(range(model.n_slots))
+    assert sorted(order.tolist()) == list(range(model.n_digit)) and order.tolist() != list(range(model.n_digit))
     filled_in = []
 
     def recording(codes, memory_kv, memory_mask):
@@ -617,7 +634,7 @@ def test_random_decode_order_from_the_config_fills_slots_in_one_fixed_order(tiny
     model.denoise = recording
     with torch.no_grad():
         model.decode(next(iter(valid))[0]["item_id_list"], 8)
-    assert filled_in == list(range(model.n_slots))
+    assert filled_in == list(range(model.n_digit))
 
 
 @pytest.mark.parametrize("masking_strategy", ["guided", "random"])
@@ -637,7 +654,7 @@ def test_the_catalogue_loss_is_the_cross_entropy_of_one_pass_scores(tiny_config,
     # By hand: every distinct catalogue SID scored by its digits' all-masked log-probabilities, a softmax over them.
     with torch.no_grad():
         memory_kv, memory_mask = model.encode(batch["item_id_list"])
-        masked = torch.full((len(batch), 1, model.n_slots), MASK)
+        masked = torch.full((len(batch), 1, model.n_digit), MASK)
         first = model.denoise(masked, memory_kv, memory_mask)[:, 0]
     catalogue = sorted({tuple(sid) for sid in model.item_sid[1:].tolist()})
     losses = []

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import logging
+import re
+import shlex
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
-from conftest import NAME, read_atomic
+from conftest import NAME, SCRIPT, read_atomic
 
 from recbole_diffgm import InputError, Recommender, run_recbole_diffgm
 from recbole_diffgm.cli import main
@@ -88,6 +93,89 @@ def test_the_command_line_prints_ranked_recommendations(saved_run, capsys):
     assert main(["--recommend=" + model_file, "--history=" + ",".join(history), "--top_k=3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == ["1", "2", "3"]
+
+
+INFO_LINE = re.compile(r"\bINFO\b")
+
+
+def run_script(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], check=False, capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+def new_log_text(log_dir, before: set) -> str:
+    return "".join(path.read_text() for path in sorted(set(log_dir.glob("*.log")) - before))
+
+
+def test_the_command_line_prints_the_recommendations_alone_and_logs_to_the_log_file(saved_run, tmp_path):
+    model_file, folder = saved_run
+    titles = read_atomic(folder / f"{NAME}.item").set_index("item_id:token")["title:token_seq"]
+    known = list(titles.index[10:14])
+    command = [str(SCRIPT), "--recommend=" + model_file, "--history=" + ",".join(["NOPE", *known]), "--top_k=5"]
+    log_dir = tmp_path / "log" / "DiffGM"
+    before = set(log_dir.glob("*.log"))
+
+    done = run_script(*command, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # stdout: the result lines and nothing else, each rank, item id, score and title.
+    lines = done.stdout.splitlines()
+    assert done.stdout == "".join(line + "\n" for line in lines) and len(lines) == 5, done.stdout
+    rows = [line.split("\t") for line in lines]
+    assert all(len(row) == 4 for row in rows), lines
+    assert [row[0] for row in rows] == ["1", "2", "3", "4", "5"]
+    assert all(row[1] in titles.index and row[1] not in known for row in rows)
+    assert [row[3] for row in rows] == [titles[row[1]] for row in rows]
+    scores = [float(row[2]) for row in rows]
+    assert scores == sorted(scores, reverse=True)
+    # stderr: warnings only (the unknown history item), no RecBole info logging, no Python library warnings.
+    assert "WARNING  history items unknown to the run's dataset, skipped: NOPE" in done.stderr
+    assert not INFO_LINE.search(done.stderr) and "The number of users" not in done.stderr, done.stderr
+    assert "FutureWarning" not in done.stderr and "will not be used in RecBole" not in done.stderr, done.stderr
+    # The log file has all of it, as a normal run writes it.
+    log = new_log_text(log_dir, before)
+    assert INFO_LINE.search(log) and "The number of users" in log and "skipped: NOPE" in log
+
+    verbose = run_script(*command, "--verbose", cwd=tmp_path)
+    assert verbose.returncode == 0 and verbose.stdout == done.stdout, verbose.stderr[-3000:]
+    assert INFO_LINE.search(verbose.stderr) and "The number of users" in verbose.stderr
+    assert "skipped: NOPE" in verbose.stderr and "will not be used in RecBole" not in verbose.stderr
+
+
+def test_the_command_line_is_pipeable(saved_run, tmp_path):
+    model_file, folder = saved_run
+    history = ",".join(read_atomic(folder / f"{NAME}.item")["item_id:token"][10:14])
+    command = [sys.executable, str(SCRIPT), "--recommend=" + model_file, "--history=" + history, "--top_k=10"]
+    piped = subprocess.run(shlex.join(command) + " | head -3", shell=True, check=False, capture_output=True, text=True,
+                           timeout=600, cwd=tmp_path)
+    assert [line.split("\t")[0] for line in piped.stdout.splitlines()] == ["1", "2", "3"], piped.stderr[-3000:]
+    # A reader gone before the results are written (what head does once it has its lines): no traceback.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=600) == 0 and "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def test_a_recommender_shows_only_warnings_where_logging_is_not_configured(saved_run, tmp_path):
+    model_file, folder = saved_run
+    history = ",".join(["NOPE", *read_atomic(folder / f"{NAME}.item")["item_id:token"][10:14]])
+    script = textwrap.dedent("""
+        import logging, sys
+        if sys.argv[3] == "configured":
+            logging.basicConfig(level=logging.INFO, format="app %(levelname)s %(message)s")
+        from recbole_diffgm import Recommender
+        print(len(Recommender(sys.argv[1]).recommend(sys.argv[2].split(","), top_k=3)))
+    """)
+    log_dir = tmp_path / "log" / "DiffGM"
+    before = set(log_dir.glob("*.log"))
+    quiet = run_script("-c", script, model_file, history, "not configured", cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stdout == "3\n", quiet.stderr[-3000:]
+    assert "WARNING  history items unknown to the run's dataset, skipped: NOPE" in quiet.stderr
+    assert not INFO_LINE.search(quiet.stderr) and "FutureWarning" not in quiet.stderr, quiet.stderr
+    assert "The number of users" in new_log_text(log_dir, before)
+    # Logging the application configured is left as it is: its handler, its level, its format.
+    configured = run_script("-c", script, model_file, history, "configured", cwd=tmp_path)
+    assert configured.returncode == 0 and configured.stdout == "3\n", configured.stderr[-3000:]
+    assert "app INFO " in configured.stderr and "The number of users" in configured.stderr
+    assert "app WARNING history items unknown to the run's dataset, skipped: NOPE" in configured.stderr
 
 
 def test_a_new_item_under_disambiguate_continues_its_sids_numbering(tiny_config, tmp_path):

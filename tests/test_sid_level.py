@@ -12,7 +12,7 @@ from recbole.data import data_preparation
 from recbole.evaluator import Collector, Evaluator
 
 from recbole_diffgm import Config, create_dataset, get_model
-from recbole_diffgm.model.decoding import first_hit_list
+from recbole_diffgm.evaluation import first_hit_list
 from recbole_diffgm.utils import get_trainer
 
 LEGAL = -1  # PrefixTrie.lookup's answer for a SID that no item has

@@ -1,4 +1,5 @@
-"""Which datasets exist, and making the ones this plugin knows how to make."""
+"""Atomic files: which datasets exist (making the ones this plugin knows how to make), their checks, and the
+columns a run loads from them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 from pathlib import Path
 
 import pandas as pd
+from recbole.utils import ModelType
 
 from recbole_diffgm.data import amazon
 from recbole_diffgm.errors import InputError
@@ -30,11 +32,14 @@ def ensure_dataset(config) -> None:
         amazon.prepare(name, dataset_dir, config["amazon_raw_url"])
     if (dataset_dir / f"{name}.inter").is_file():
         load_col = config["load_col"] or {}
+        if "load_col" in resolved_defaults(config):
+            logger.info(resolved_defaults(config)["load_col"])
         for suffix in ("inter", "item"):
             path = dataset_dir / f"{name}.{suffix}"
             if path.is_file():
                 check_atomic_file(path, config["field_separator"], required_fields(config, suffix))
                 check_float_fields(path, config["field_separator"])
+        check_time_loaded(config, dataset_dir / f"{name}.inter")
         if config["filter_inter_by_user_or_item"] and (not load_col or "item" in load_col):
             report_items_without_rows(dataset_dir, name, config["ITEM_ID_FIELD"], config["field_separator"])
         return
@@ -49,17 +54,77 @@ def ensure_dataset(config) -> None:
 ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
 
 
-def required_fields(config, suffix: str) -> list[str]:
-    """The columns a run reads from ``<dataset>.<suffix>``: its ``load_col`` entry, or the id fields."""
+# What to do about a missing column, by the config key that named it.
+KEY_HINTS = {
+    "load_col": "set load_col to the columns to load",
+    "USER_ID_FIELD": "set USER_ID_FIELD to the user id column",
+    "ITEM_ID_FIELD": "set ITEM_ID_FIELD to the item id column",
+    "TIME_FIELD": "set TIME_FIELD to the time column",
+}
+
+
+def resolved_defaults(config) -> dict[str, str]:
+    """Keys that ``Config`` fitted to the dataset's own files (key -> what it chose), none for other configs."""
+    return getattr(config, "resolved_defaults", {})
+
+
+def required_fields(config, suffix: str) -> dict[str, str]:
+    """The columns a run reads from ``<dataset>.<suffix>``, each with the config key that names it: an explicit
+    ``load_col`` entry's fields by ``load_col``; the id and time fields (RecBole's default or the one ``Config``
+    fitted to the files) by ``USER_ID_FIELD`` / ``ITEM_ID_FIELD`` / ``TIME_FIELD``."""
     load_col = config["load_col"]
-    if load_col:
-        return list(load_col.get(suffix, []))
-    return [config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]] if suffix == "inter" else [config["ITEM_ID_FIELD"]]
+    ids = [config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]] if suffix == "inter" else [config["ITEM_ID_FIELD"]]
+    fields = load_col.get(suffix, []) if load_col else ids
+    fields = [] if fields == "*" else fields  # RecBole's "every column"
+    if load_col and "load_col" not in resolved_defaults(config):
+        return {field: "load_col" for field in fields}
+    keys = {config[key]: key for key in ("TIME_FIELD", "USER_ID_FIELD", "ITEM_ID_FIELD") if config[key]}
+    return {field: keys.get(field, "load_col") for field in fields}
 
 
-def check_atomic_file(path: Path, separator: str, required: list[str]) -> None:
+def header_names(path: Path, separator: str = "\t") -> list[str]:
+    """The column names of an atomic file's header, without their types. Undecodable bytes are replaced:
+    ``check_atomic_file`` names them later, with their line."""
+    with path.open(encoding="utf-8", errors="replace") as file:
+        return [column.partition(":")[0] for column in file.readline().rstrip("\r\n").split(separator)]
+
+
+def default_load_col(config, inter_file: Path, item_file: Path) -> dict[str, list[str]]:
+    """RecBole's default ``load_col`` (user and item ids) fitted to a sequential run on these files: the
+    ``.inter``'s ``TIME_FIELD`` when it has one (the order of each user's sequence), and the ``.item``'s ids when
+    there is one (its items are the catalogue, as with the shipped datasets). Without a time column the
+    sequences follow the file order (``FileOrderSequentialDataset``)."""
+    separator = config["field_separator"]
+    inter = [config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]]
+    if config["TIME_FIELD"] and config["TIME_FIELD"] in header_names(inter_file, separator):
+        inter.append(config["TIME_FIELD"])
+    return {"inter": inter, **({"item": [config["ITEM_ID_FIELD"]]} if item_file.is_file() else {})}
+
+
+def check_time_loaded(config, inter_file: Path) -> None:
+    """Raise if a sequential run's explicit ``load_col`` leaves out the ``.inter``'s time column: RecBole would
+    fail in its split with ``[timestamp] is not exist in interaction``."""
+    load_col, time = config["load_col"], config["TIME_FIELD"]
+    if config["MODEL_TYPE"] != ModelType.SEQUENTIAL or not load_col or not time or config["benchmark_filename"]:
+        return
+    inter = load_col.get("inter")
+    if inter and inter != "*" and time not in inter and time in header_names(inter_file, config["field_separator"]):
+        raise InputError(f"{inter_file}: load_col leaves out '{time}' (TIME_FIELD), which orders each user's "
+                         "sequence; add it to load_col's inter columns")
+
+
+def orders_by_file(config) -> bool:
+    """Whether a sequential run takes each user's order from the file: its ``.inter`` has no ``TIME_FIELD``."""
+    inter_file = Path(config["data_path"]) / f"{config['dataset']}.inter"
+    time = config["TIME_FIELD"]
+    return (config["MODEL_TYPE"] == ModelType.SEQUENTIAL and not config["benchmark_filename"] and bool(time)
+            and inter_file.is_file() and time not in header_names(inter_file, config["field_separator"]))
+
+
+def check_atomic_file(path: Path, separator: str, required: dict[str, str]) -> None:
     """Raise, naming the file, line and column, if ``path`` is not a well-formed atomic file with ``required``
-    columns: UTF-8, a header of distinct ``name:type`` columns, and as many fields on every line.
+    columns (column -> the config key that names it, for the fix): UTF-8, a header of distinct ``name:type``
+    columns, and as many fields on every line.
 
     RecBole would fail later with a pandas or key error that names neither the file nor the line.
     """
@@ -85,11 +150,11 @@ def check_atomic_file(path: Path, separator: str, required: list[str]) -> None:
         if sum(other.partition(":")[0] == name for other in header) > 1:
             raise InputError(f"{path}: column '{name}' appears more than once in the header")
     names = [column.partition(":")[0] for column in header]
-    for field in required:
+    for field, key in required.items():
         if field not in names:
             close = difflib.get_close_matches(field, names, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise InputError(f"{path}: no column '{field}' (columns: {', '.join(header)}){hint}")
+            guess = f" (did you mean '{close[0]}'?)" if close else ""
+            raise InputError(f"{path}: no column '{field}' (columns: {', '.join(header)}); {KEY_HINTS[key]}{guess}")
     separator_bytes = separator.encode()
     for number, raw in enumerate(lines[1:], start=2):
         fields = raw.rstrip(b"\r").count(separator_bytes) + 1

@@ -1,4 +1,5 @@
-"""``SIDDataset``: RecBole's ``SequentialDataset`` plus each item's semantic ID."""
+"""``SIDDataset``: RecBole's ``SequentialDataset`` plus each item's semantic ID; ``FileOrderSequentialDataset``:
+a sequential dataset whose ``.inter`` has no time column, ordered as the file is."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from recbole.data.dataset import SequentialDataset
+from recbole.utils import FeatureSource, FeatureType
 
 from recbole_diffgm.data import item_text
 from recbole_diffgm.data.sid import (
@@ -24,16 +26,42 @@ logger = logging.getLogger(__name__)
 PADDING_CODE = -1  # the codes of item id 0 (RecBole's padding item): no code at all
 
 
-class SIDDataset(SequentialDataset):
+class FileOrderSequentialDataset(SequentialDataset):
+    """RecBole's ``SequentialDataset``, ordered by the file when the ``.inter`` has no ``TIME_FIELD`` column.
+
+    RecBole's sequential datasets accept only ``order: TO`` and fail without a time column. Here each row's
+    position in the file becomes ``TIME_FIELD``: RecBole's time sorts then keep every user's rows in the order
+    the file lists them (the keys are unique, so no sort can reorder them), and leave-one-out holds out each
+    user's last rows of the file. A time column in the file is used as it is.
+    """
+
+    def _load_inter_feat(self, token, dataset_path):
+        super()._load_inter_feat(token, dataset_path)
+        if (self.time_field is None or self.benchmark_filename_list is not None or self.inter_feat is None
+                or self.time_field in self.inter_feat):
+            return
+        self.inter_feat[self.time_field] = np.arange(len(self.inter_feat), dtype=np.float64)
+        self.set_field_property(self.time_field, FeatureType.FLOAT, FeatureSource.INTERACTION, 1)
+        self.field2bucketnum[self.time_field] = 2  # as RecBole's loader sets for every float column
+        logger.warning(f"{Path(dataset_path) / (token + '.inter')} has no '{self.time_field}' column (TIME_FIELD): "
+                       "each user's sequence is in file order, the user's rows in the order they appear in the "
+                       "file (set TIME_FIELD if the time column has another name)")
+
+    def is_current(self, config) -> bool:
+        """A saved copy is current when RecBole's dataset settings are (``utils.create_dataset`` checks them)."""
+        return True
+
+
+class SIDDataset(FileOrderSequentialDataset):
     """A sequential dataset whose items carry semantic IDs.
 
     After RecBole has loaded, filtered and remapped the data, the SID stage (``recbole_diffgm.data.sid``)
     turns the ``.item`` text of every item in RecBole's vocabulary into ``n_digit`` codes.
 
     Attributes:
-        item_sid (torch.LongTensor): ``[n_items, n_digits]``, row ``i`` = the codes of internal item id ``i``;
-            row 0 (padding) is all ``PADDING_CODE``. ``n_digits`` is ``n_digit``, plus one with
-            ``sid_collision: disambiguate``.
+        item_sid (torch.LongTensor): ``[n_items, n_digit]``, row ``i`` = the codes of internal item id ``i``;
+            row 0 (padding) is all ``PADDING_CODE``; ``n_digit`` digits (the config's, plus one with
+            ``sid_collision: disambiguate``).
         sid_report (CollisionReport): unique SIDs, colliding items, code usage (before the collision policy).
         sid_key (str): digest of everything that determined the codes (texts, text model, quantizer, policy).
         sid_source (str): ``built``, ``cache`` or the path of the SIDs shipped with the dataset.
@@ -47,13 +75,16 @@ class SIDDataset(SequentialDataset):
         super().__init__(config)
         settings = SIDSettings.from_config(config)
         text = self.item_texts(config)
+        fields = item_text.field_labels(config["item_text_fields"])
+        default = getattr(config, "resolved_defaults", {}).get("item_text_fields")
+        logger.info(default or f"item text fields (item_text_fields): {', '.join(fields)}")
         if text.missing_items:
             logger.warning(f"{text.missing_items:,} of {self.item_num - 1:,} items have no row in the .item file")
         catalogue_only = self.item_num - 1 - len(np.unique(np.asarray(self.inter_feat[self.iid_field])))
         if catalogue_only:
             logger.info(f"{catalogue_only:,} items of the .item file have no interaction; they get SIDs too")
         if text.fallback_items:
-            logger.warning(f"{text.fallback_items:,} items have no usable text in {list(config['item_text_fields'])}; "
+            logger.warning(f"{text.fallback_items:,} items have no usable text in {list(fields)}; "
                            "their text is 'Item: <item id>.'")
 
         if sid_catalogue is None:
@@ -80,7 +111,8 @@ class SIDDataset(SequentialDataset):
         if new:
             catalogue_texts = item_text.item_texts(
                 Path(config["data_path"]) / f"{self.dataset_name}.item", self.iid_field,
-                dict(config["item_text_fields"]), list(catalogue["tokens"]), config["field_separator"]).texts
+                item_text.field_labels(config["item_text_fields"]), list(catalogue["tokens"]),
+                config["field_separator"]).texts
             if settings.codes_key(catalogue_texts) != catalogue["key"]:
                 raise InputError(f"{Path(config['data_path']) / (self.dataset_name + '.item')}: the texts or SID "
                                  "settings of the items the model was trained on have changed, so new items cannot "
@@ -113,8 +145,8 @@ class SIDDataset(SequentialDataset):
     def item_texts(self, config) -> item_text.ItemTexts:
         item_file = Path(config["data_path"]) / f"{self.dataset_name}.item"
         item_tokens = list(self.field2id_token[self.iid_field][1:])
-        return item_text.item_texts(item_file, self.iid_field, dict(config["item_text_fields"]), item_tokens,
-                                    config["field_separator"])
+        return item_text.item_texts(item_file, self.iid_field, item_text.field_labels(config["item_text_fields"]),
+                                    item_tokens, config["field_separator"])
 
     def is_current(self, config) -> bool:
         """Whether a saved copy of this dataset still has the SIDs that ``config`` would build."""

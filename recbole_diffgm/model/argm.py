@@ -46,5 +46,5 @@ class ARGM(SIDTransformer):
             last = torch.arange(inputs.shape[2], device=inputs.device) == inputs.shape[2] - 1
             return self.decode_slots(inputs, memory_kv, memory_mask, causal=True, scored=last)[:, :, -1]
 
-        return autoregressive_beam_search(next_log_probs, len(item_seq), self.n_slots, beam_size, item_seq.device,
+        return autoregressive_beam_search(next_log_probs, len(item_seq), self.n_digit, beam_size, item_seq.device,
                                           self.trie)

@@ -20,13 +20,13 @@ MASK = -1  # a slot whose code is not decided yet
 Denoiser = Callable[[torch.Tensor], torch.Tensor]
 
 
-def fill_schedule(n_slots: int, passes: int) -> list[int]:
+def fill_schedule(n_digit: int, passes: int) -> list[int]:
     """How many slots each of ``passes`` denoising passes fills: as even as possible, the larger fills last
     (the later passes see more of the SID, so their digits are the surer ones)."""
-    return [n_slots // passes + (index >= passes - n_slots % passes) for index in range(passes)]
+    return [n_digit // passes + (index >= passes - n_digit % passes) for index in range(passes)]
 
 
-def cpd_beam_search(denoise: Denoiser, batch_size: int, n_slots: int, beam_size: int,
+def cpd_beam_search(denoise: Denoiser, batch_size: int, n_digit: int, beam_size: int,
                     device: torch.device | str = "cpu", greedy_last_step: bool = False,
                     slot_order: torch.Tensor | None = None, passes: int | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -37,7 +37,7 @@ def cpd_beam_search(denoise: Denoiser, batch_size: int, n_slots: int, beam_size:
             released code), instead of a last global top-``beam_size`` over (beam, code) (the paper).
         slot_order: a fixed order in which the slots are filled, the same for every beam (the paper's
             "w/o CPD" control); ``None`` lets each beam fill its most confident slot first.
-        passes: denoiser passes (default ``n_slots``: one digit per pass). With fewer, a pass that fills ``f``
+        passes: denoiser passes (default ``n_digit``: one digit per pass). With fewer, a pass that fills ``f``
             slots expands the beam on one (slot, code) as usual and fills each new beam's ``f - 1`` next most
             confident open slots with their best codes, from the same pass.
 
@@ -45,11 +45,11 @@ def cpd_beam_search(denoise: Denoiser, batch_size: int, n_slots: int, beam_size:
         ``(codes [B, beam, n], scores [B, beam], first_log_probs [B, n, K])``, beams sorted by score;
         ``first_log_probs`` is the all-masked step, reusable to score SIDs the beam did not reach.
     """
-    codes = torch.full((batch_size, 1, n_slots), MASK, dtype=torch.long, device=device)
+    codes = torch.full((batch_size, 1, n_digit), MASK, dtype=torch.long, device=device)
     scores = torch.zeros(batch_size, 1, device=device)
     first_log_probs = None
-    fills = fill_schedule(n_slots, passes or n_slots)
-    slot_ids = torch.arange(n_slots, device=device)
+    fills = fill_schedule(n_digit, passes or n_digit)
+    slot_ids = torch.arange(n_digit, device=device)
     for step, fill in enumerate(fills):
         log_probs = denoise(codes)  # [B, G, n, K]
         if first_log_probs is None:
@@ -67,7 +67,7 @@ def cpd_beam_search(denoise: Denoiser, batch_size: int, n_slots: int, beam_size:
             if fill == 1:
                 continue
             log_probs = log_probs.gather(1, parent[..., None, None].expand(-1, -1, *log_probs.shape[2:]))
-            still_closed = closed.gather(1, parent[..., None].expand(-1, -1, n_slots)) | (codes != MASK)
+            still_closed = closed.gather(1, parent[..., None].expand(-1, -1, n_digit)) | (codes != MASK)
             codes, scores = _fill_best(codes, scores, log_probs.masked_fill(still_closed[..., None], float("-inf")),
                                        fill - 1)
         scores, order = scores.sort(dim=1, descending=True)
@@ -79,11 +79,11 @@ def _keep_best(codes: torch.Tensor, candidates: torch.Tensor, beam_size: int
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The global top ``beam_size`` of the (beam, slot, code) ``candidates`` ``[B, G, n, K]``, as new beams,
     with the index of each new beam's parent ``[B, G']``."""
-    _, _, n_slots, n_codes = candidates.shape
+    _, _, n_digit, n_codes = candidates.shape
     width = min(beam_size, candidates[0].isfinite().sum().item())
     top_scores, flat = candidates.flatten(1).topk(width, dim=1)
-    beam, slot, code = flat // (n_slots * n_codes), flat // n_codes % n_slots, flat % n_codes
-    codes = codes.gather(1, beam[..., None].expand(-1, -1, n_slots)).clone()
+    beam, slot, code = flat // (n_digit * n_codes), flat // n_codes % n_digit, flat % n_codes
+    codes = codes.gather(1, beam[..., None].expand(-1, -1, n_digit)).clone()
     codes.scatter_(2, slot[..., None], code[..., None])
     return codes, top_scores, beam
 
@@ -95,12 +95,6 @@ def _fill_best(codes: torch.Tensor, scores: torch.Tensor, open_log_probs: torch.
     best, best_code = open_log_probs.max(dim=-1)  # [B, G, n]
     best, slot = best.topk(count, dim=-1)
     return codes.scatter(2, slot, best_code.gather(2, slot)), scores + best.sum(dim=-1)
-
-
-def one_pass_scores(first_log_probs: torch.Tensor, sids: torch.Tensor) -> torch.Tensor:
-    """Every SID ``[S, n]`` scored from the all-masked pass ``[B, n, K]`` alone: the sum of its digits'
-    log-probabilities ``[B, S]`` (digit by digit, so no ``[B, S, n]`` tensor is held)."""
-    return sum(first_log_probs[:, digit, sids[:, digit]] for digit in range(sids.shape[1]))
 
 
 def guided_sid_scores(denoise: Denoiser, sids: torch.Tensor, first_log_probs: torch.Tensor) -> torch.Tensor:
@@ -117,73 +111,6 @@ def guided_sid_scores(denoise: Denoiser, sids: torch.Tensor, first_log_probs: to
         codes = codes.scatter(2, slot, sids.gather(2, slot))
         scores = scores + best[..., 0]
     return scores
-
-
-def rank_sids(codes: torch.Tensor, scores: torch.Tensor, legal: torch.Tensor, dedup: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Order one user's beams ``codes [G, n]`` / ``scores [G]`` as a recommendation list of SIDs.
-
-    SIDs that are not ``legal`` (``[G]``, no item has them) are dropped. ``dedup``: ``simple`` keeps a
-    SID's best beam, ``weighted`` scores a SID by the log of the summed probability of its beams, ``none``
-    keeps every beam (the same SID may then appear several times, as in the released code's lists).
-    """
-    codes, scores = codes[legal], scores[legal]
-    if dedup == "none" or len(codes) == 0:
-        return codes, scores
-    unique, group = codes.unique(dim=0, return_inverse=True)
-    merged = scores.new_full((len(unique),), float("-inf")).scatter_reduce(0, group, scores, reduce="amax")
-    if dedup == "weighted":  # log-sum-exp, shifted by each SID's best beam
-        merged = merged + scores.new_zeros(len(unique)).index_add_(0, group, (scores - merged[group]).exp()).log()
-    merged, order = merged.sort(descending=True)
-    return unique[order], merged
-
-
-def first_hit_list(leaves: torch.Tensor, legal: torch.Tensor, rows: torch.Tensor,
-                   target_leaves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The DiffGRM release's SID-level list, as scores RecBole's evaluator can rank, and where each target is.
-
-    ``leaves [B, G]``: each beam's catalogue SID (``PrefixTrie.lookup``), beams in score order; ``legal [B, G]``:
-    beams whose SID some item has. As the release builds its list: beams that are not legal are dropped, a SID
-    reached by an earlier beam is dropped (its best beam stays), the rest keep their order. Returns ``scores
-    [B, G + 1]`` (kept beams ``G - position``; dropped ones ``-1``; the last column, ``-2``, stands for every SID
-    the list misses) and, for each target (user ``rows [P]``, SID ``target_leaves [P]``), ``columns [P]``: the
-    column of its SID in its user's list, else ``G``. Only the first match can be a hit, and recall is at most
-    1, as in the release's evaluator.
-    """
-    count = leaves.shape[1]
-    earlier = torch.ones(count, count, dtype=torch.bool, device=leaves.device).tril(-1)
-    repeated = ((leaves[:, :, None] == leaves[:, None, :]) & legal[:, None, :] & earlier).any(dim=2)
-    kept = legal & ~repeated
-    position = kept.long().cumsum(dim=1) - 1
-    scores = torch.where(kept, (count - position).float(), -1.0)
-    scores = torch.cat([scores, scores.new_full((len(scores), 1), -2.0)], dim=1)
-    hit = kept[rows] & (leaves[rows] == target_leaves[:, None])
-    columns = torch.where(hit.any(dim=1), hit.long().argmax(dim=1), count)
-    return scores, columns
-
-
-def group_ranks(groups: torch.Tensor, popularity: torch.Tensor) -> torch.Tensor:
-    """Each item's place ``[N]`` (0 = first) among the items of its group (``groups [N]``, e.g. its SID): by
-    ``popularity`` (descending), then item id (ascending)."""
-    items = torch.arange(len(groups))
-    order = torch.argsort(-popularity, stable=True)  # equal popularity keeps item id order
-    order = order[torch.argsort(groups[order], stable=True)]
-    sorted_groups = groups[order]
-    starts = torch.ones_like(sorted_groups, dtype=torch.bool)
-    starts[1:] = sorted_groups[1:] != sorted_groups[:-1]
-    first = torch.cummax(torch.where(starts, items, 0), dim=0).values  # the position where each run of a group starts
-    ranks = torch.empty_like(groups)
-    ranks[order] = items - first
-    return ranks
-
-
-def break_ties(scores: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
-    """``scores [B, N]`` (float32; items of a group share one) -> float64 scores that keep every float32 order and
-    order the items of a group by ``ranks [N]`` exactly: item ``r`` of a group steps down by ``r / (max r + 1)`` of
-    the gap to the next lower float32, so it never passes a lower score (a fixed epsilon is lost in float32 at
-    large magnitudes, or can pass one)."""
-    gap = (scores - torch.nextafter(scores, scores.new_tensor(float("-inf")))).double()
-    step = ranks.double() / (int(ranks.max()) + 1)
-    return torch.where(scores.isfinite(), scores.double() - gap * step, scores.double())
 
 
 class PrefixTrie:
@@ -233,7 +160,7 @@ class PrefixTrie:
         return keys[child] == wanted, child
 
 
-def autoregressive_beam_search(next_log_probs: Callable[[torch.Tensor], torch.Tensor], batch_size: int, n_slots: int,
+def autoregressive_beam_search(next_log_probs: Callable[[torch.Tensor], torch.Tensor], batch_size: int, n_digit: int,
                                beam_size: int, device: torch.device | str = "cpu", trie: PrefixTrie | None = None
                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-to-right beam search over SID digits, optionally constrained to the prefixes in ``trie``.
@@ -242,19 +169,19 @@ def autoregressive_beam_search(next_log_probs: Callable[[torch.Tensor], torch.Te
         next_log_probs: prefixes ``[B, G, t]`` -> log-probabilities ``[B, G, K]`` of digit ``t``.
 
     Returns:
-        ``(codes [B, beam, n], scores [B, beam], fallback_log_probs [B, n, K])`` as ``cpd_beam_search``: the
-        fallback holds digit 0's log-probabilities and zeros, so SIDs the beam missed rank by their first
-        digit. A beam with no allowed continuation scores ``-inf``.
+        ``(codes [B, beam, n], scores [B, beam], first_log_probs [B, n, K])`` as ``cpd_beam_search``:
+        ``first_log_probs`` holds digit 0's log-probabilities and zeros, so SIDs the beam missed rank by their
+        first digit. A beam with no allowed continuation scores ``-inf``.
     """
     codes = torch.zeros(batch_size, 1, 0, dtype=torch.long, device=device)
     scores = torch.zeros(batch_size, 1, device=device)
     node = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
-    fallback = None
-    for step in range(n_slots):
+    first_log_probs = None
+    for step in range(n_digit):
         log_probs = next_log_probs(codes)  # [B, G, K]
-        if fallback is None:
-            fallback = torch.zeros(batch_size, n_slots, log_probs.shape[-1], device=device)
-            fallback[:, 0] = log_probs[:, 0]
+        if first_log_probs is None:
+            first_log_probs = torch.zeros(batch_size, n_digit, log_probs.shape[-1], device=device)
+            first_log_probs[:, 0] = log_probs[:, 0]
         candidates = scores[..., None] + log_probs
         if trie is not None:
             allowed, child = trie.children(step, node)
@@ -265,4 +192,4 @@ def autoregressive_beam_search(next_log_probs: Callable[[torch.Tensor], torch.Te
         codes = torch.cat([codes.gather(1, beam[..., None].expand(-1, -1, step)), code[..., None]], dim=2)
         if trie is not None:
             node = child.flatten(1).gather(1, flat)
-    return codes, scores, fallback
+    return codes, scores, first_log_probs

@@ -22,14 +22,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from recbole_diffgm.config import config_choice
 from recbole_diffgm.errors import InputError
-from recbole_diffgm.model.decoding import (
-    MASK,
-    cpd_beam_search,
-    guided_sid_scores,
-    one_pass_scores,
-)
-from recbole_diffgm.model.generative import config_choice
+from recbole_diffgm.evaluation import digit_sum_scores
+from recbole_diffgm.model.decoding import MASK, cpd_beam_search, guided_sid_scores
 from recbole_diffgm.model.sid_transformer import MemoryKV, SIDTransformer
 
 
@@ -42,11 +38,11 @@ class DiffGM(SIDTransformer):
         self.guided_refresh = bool(config["guided_refresh"])
         self.sequential_paths = config["sequential_paths"]
         self.mask_prob = config["mask_prob"]
-        self.ocn_views = config["ocn_views"] or self.n_slots
-        if not (isinstance(self.ocn_views, int) and 1 <= self.ocn_views <= self.n_slots):
-            raise InputError(f"ocn_views must be an integer from 1 to n_digit ({self.n_slots}), got {config['ocn_views']!r}")
+        self.ocn_views = config["ocn_views"] or self.n_digit
+        if not (isinstance(self.ocn_views, int) and 1 <= self.ocn_views <= self.n_digit):
+            raise InputError(f"ocn_views must be an integer from 1 to n_digit ({self.n_digit}), got {config['ocn_views']!r}")
         # View t of a path hides this many slots: evenly spaced, nested, the last one every slot.
-        hidden_counts = [-(-self.n_slots * view // self.ocn_views) for view in range(1, self.ocn_views + 1)]
+        hidden_counts = [-(-self.n_digit * view // self.ocn_views) for view in range(1, self.ocn_views + 1)]
         self.register_buffer("hidden_counts", torch.tensor(hidden_counts), persistent=False)
         if not (isinstance(self.sequential_paths, int) and self.sequential_paths >= 1):
             raise InputError(f"sequential_paths must be a positive integer, got {self.sequential_paths!r}")
@@ -56,25 +52,21 @@ class DiffGM(SIDTransformer):
         self.greedy_last_step = config_choice(config, "cpd_last_step", ("beam", "greedy")) == "greedy"
         slot_order = None
         if config_choice(config, "decode_order", ("confidence", "random")) == "random":
-            slot_order = torch.randperm(self.n_slots, generator=torch.Generator().manual_seed(config["seed"]))
+            slot_order = torch.randperm(self.n_digit, generator=torch.Generator().manual_seed(config["seed"]))
         self.register_buffer("slot_order", slot_order, persistent=False)
         self.decode_mode = config_choice(config, "decode_mode", ("cpd", "one_pass"))
-        self.decode_passes = config["decode_passes"] or self.n_slots
+        self.decode_passes = config["decode_passes"] or self.n_digit
         self.rerank_size = config["rerank_size"]
-        if not (isinstance(self.decode_passes, int) and 1 <= self.decode_passes <= self.n_slots):
-            raise InputError(f"decode_passes must be an integer from 1 to n_digit ({self.n_slots}), "
+        if not (isinstance(self.decode_passes, int) and 1 <= self.decode_passes <= self.n_digit):
+            raise InputError(f"decode_passes must be an integer from 1 to n_digit ({self.n_digit}), "
                              f"got {config['decode_passes']!r}")
         if not (isinstance(self.rerank_size, int) and self.rerank_size >= 0):
             raise InputError(f"rerank_size must be a non-negative integer, got {self.rerank_size!r}")
-        catalogue_sids, item_catalogue_index = self.item_sid[1:].unique(dim=0, return_inverse=True)
-        self.register_buffer("catalogue_sids", catalogue_sids, persistent=False)  # one-pass ranks these
-        # Each item's row in catalogue_sids (the padding item: row 0, never a target).
-        self.register_buffer("item_catalogue_index", F.pad(item_catalogue_index, (1, 0)), persistent=False)
         self.catalogue_loss_weight = config["catalogue_loss_weight"]
         if not (isinstance(self.catalogue_loss_weight, (int, float)) and self.catalogue_loss_weight >= 0):
             raise InputError(f"catalogue_loss_weight must be a number >= 0, got {self.catalogue_loss_weight!r}")
 
-        self.mask_embedding = nn.Parameter(torch.zeros(self.n_slots, config["n_embd"]))  # one per digit slot
+        self.mask_embedding = nn.Parameter(torch.zeros(self.n_digit, config["n_embd"]))  # one per digit slot
         self.apply(self._init_weights)
         nn.init.normal_(self.mask_embedding, std=0.02)
 
@@ -155,7 +147,7 @@ class DiffGM(SIDTransformer):
             loss = ((token_loss * views).sum(-1) / views.sum(-1)).mean()
         if self.catalogue_loss_weight:
             if self.masking_strategy == "random":  # no view is sure to hide every slot
-                codes = torch.full((len(target), 1, self.n_slots), MASK, device=target.device)
+                codes = torch.full((len(target), 1, self.n_digit), MASK, device=target.device)
                 first_log_probs = self.denoise(codes, memory_kv, memory_mask)[:, 0]
             else:  # the last view of the last path hides every slot
                 first_log_probs = log_probs[:, -1]
@@ -166,8 +158,8 @@ class DiffGM(SIDTransformer):
         """Cross-entropy of the target's SID among every catalogue SID, each scored as one-pass decoding ranks it
         (the sum of its digits' all-masked log-probabilities): the likelihood of the generative model's own SID
         distribution restricted to the catalogue, so training optimises the ranking that one-pass scoring reads."""
-        scores = one_pass_scores(first_log_probs.float(), self.catalogue_sids)  # [B, S]
-        return F.cross_entropy(scores, self.item_catalogue_index[targets], label_smoothing=self.label_smoothing)
+        scores = digit_sum_scores(first_log_probs.float(), self.distinct_sids)  # [B, S]
+        return F.cross_entropy(scores, self.item_leaf[targets], label_smoothing=self.label_smoothing)
 
     # ----- inference: CPD, scored per item ----------------------------------------------------------------
 
@@ -181,12 +173,12 @@ class DiffGM(SIDTransformer):
             return self.denoise(codes, memory_kv, memory_mask)
 
         if self.decode_mode == "cpd":
-            return cpd_beam_search(denoise, len(item_seq), self.n_slots, beam_size, item_seq.device,
+            return cpd_beam_search(denoise, len(item_seq), self.n_digit, beam_size, item_seq.device,
                                    self.greedy_last_step, self.slot_order, self.decode_passes)
-        first_log_probs = denoise(torch.full((len(item_seq), 1, self.n_slots), MASK, device=item_seq.device))[:, 0]
-        scores, top = one_pass_scores(first_log_probs, self.catalogue_sids).topk(
-            min(self.rerank_size or beam_size, len(self.catalogue_sids)), dim=1)
-        codes = self.catalogue_sids[top]  # [B, G, n]
+        first_log_probs = denoise(torch.full((len(item_seq), 1, self.n_digit), MASK, device=item_seq.device))[:, 0]
+        scores, top = digit_sum_scores(first_log_probs, self.distinct_sids).topk(
+            min(self.rerank_size or beam_size, len(self.distinct_sids)), dim=1)
+        codes = self.distinct_sids[top]  # [B, G, n]
         if self.rerank_size:
             scores, order = guided_sid_scores(denoise, codes, first_log_probs).sort(dim=1, descending=True)
             codes = codes.gather(1, order[..., None].expand_as(codes))

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from recbole_diffgm.model.generative import GenerativeRecommender, config_choice
+from recbole_diffgm.config import config_choice
+from recbole_diffgm.model.generative import GenerativeRecommender
 from recbole_diffgm.model.layers import DecoderBlock, EncoderBlock
 
 MemoryKV = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder block: the history's keys and values
@@ -27,7 +28,7 @@ class SIDTransformer(GenerativeRecommender):
         d_model, n_heads, d_inner, dropout = config["n_embd"], config["n_head"], config["n_inner"], config["dropout"]
         head_dim = config["head_dim"]
         self.label_smoothing = config["label_smoothing"]
-        self.token_embedding = nn.Embedding(self.n_slots * self.n_codes + 1, d_model)  # + the padding item's
+        self.token_embedding = nn.Embedding(self.n_digit * self.n_codes + 1, d_model)  # + the padding item's
         self.dropout = nn.Dropout(dropout)
         self.init_history_embedding(config)
         self.encoder = nn.ModuleList(EncoderBlock(d_model, n_heads, d_inner, dropout, head_dim)
@@ -61,7 +62,7 @@ class SIDTransformer(GenerativeRecommender):
 
     def init_history_embedding(self, config) -> None:
         d_model = config["n_embd"]
-        self.item_mlp = nn.Sequential(nn.Linear(self.n_slots * d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+        self.item_mlp = nn.Sequential(nn.Linear(self.n_digit * d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
         self.position_embedding = nn.Embedding(self.max_seq_length, d_model)
 
     def embed_history(self, item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

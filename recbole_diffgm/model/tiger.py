@@ -24,11 +24,11 @@ from recbole_diffgm.model.argm import ARGM
 
 class TIGER(ARGM):
     def init_history_embedding(self, config) -> None:
-        self.position_embedding = nn.Embedding(self.max_seq_length * self.n_slots, config["n_embd"])
+        self.position_embedding = nn.Embedding(self.max_seq_length * self.n_digit, config["n_embd"])
 
     def embed_history(self, item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """History ``[B, L]`` -> packed digit-token vectors ``[T, D]`` and their mask ``[B, L * n]``."""
         tokens = self.item_tokens[item_seq].flatten(1)  # [B, L * n]: item 1's digits, item 2's digits, ...
-        mask = (item_seq > 0).repeat_interleave(self.n_slots, dim=1)
+        mask = (item_seq > 0).repeat_interleave(self.n_digit, dim=1)
         positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)[mask]
         return self.token_embedding(tokens[mask]) + self.position_embedding(positions), mask

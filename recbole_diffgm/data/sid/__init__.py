@@ -100,7 +100,7 @@ class SIDSettings:
 
 @dataclass(frozen=True)
 class SIDResult:
-    codes: np.ndarray  # [n_items, n_digits] int64, one row per text
+    codes: np.ndarray  # [n_items, n_digit] int64, one row per text
     report: CollisionReport  # of the quantizer's codes, before the collision policy
     key: str
     seconds: dict[str, float]  # time per step; empty when loaded from the cache or shipped

@@ -32,7 +32,7 @@ class CollisionReport:
 
 
 def collision_report(codes: np.ndarray) -> CollisionReport:
-    """The report for ``codes`` ``[n_items, n_digits]`` (no padding row)."""
+    """The report for ``codes`` ``[n_items, n_digit]`` (no padding row)."""
     _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
     group_size = counts[inverse.reshape(-1)]
     entropies = []

@@ -1,0 +1,227 @@
+"""``PluginTrainerMixin``: what every model's RecBole trainer gets from this plugin: the training schedule (a time
+budget, the time left), one selection rule, a learning curve, DDP on the CPU; checkpoints and resumption come from
+``CheckpointMixin``."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from recbole_diffgm.errors import InputError
+from recbole_diffgm.trainer.checkpoint import CheckpointMixin
+
+
+def _curve_file_of(model_file: str | Path) -> Path:
+    """The learning curve's CSV, named after the run's checkpoint: in the folder of RecBole's log file (which a
+    process keeps for all its runs), else beside the checkpoint."""
+    name = Path(model_file).with_suffix(".curve.csv").name
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            return Path(handler.baseFilename).parent / name
+    return Path(model_file).parent / name
+
+
+def _write_csv_atomically(rows: list[dict], path: Path) -> None:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".partial",
+                                     delete=False, newline="") as out:
+        writer = csv.DictWriter(out, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(out.name, path)
+
+
+def parse_duration(value, key: str) -> float | None:
+    """Seconds from ``value``: a number of seconds, or text with a unit (``90s``, ``60m``, ``1.5h``); ``None`` stays
+    ``None``. ``key`` names the setting in the error."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        seconds = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:
+        raise InputError(f"{key} '{value}': give a positive duration in seconds or with a unit, e.g. 3600, 60m, 1.5h")
+    return seconds
+
+
+def _now() -> dict[str, float]:
+    return {"wall": time.monotonic(), "process": time.process_time()}
+
+
+class _BudgetSpent(Exception):
+    """Raised between epochs when the next epoch would end past ``time_budget``."""
+
+
+class PluginTrainerMixin(CheckpointMixin):
+    """What every trainer of this plugin adds to RecBole's (mixed into GenerativeTrainer and into RecBole's
+    trainers by ``utils.get_trainer``): resumable runs and atomic checkpoints (``CheckpointMixin``), a time-left
+    line per epoch, a training-time budget, a learning curve, one selection rule, and DDP:
+
+    - ``time_budget`` (``parse_duration``) on ``time_budget_clock`` (``wall`` or ``process`` CPU time) counts
+      training time, not validation (a model's decoding cost is not its training budget; ``validation_seconds``
+      reports it): training stops at the first epoch boundary where one more epoch, at the mean epoch time so
+      far, would end past the budget; never before the first validation. ``stop_reason`` then says
+      ``time budget`` (else ``patience`` or ``epoch cap``);
+    - ``curve``: after every validation, a row with the epoch, the training wall and CPU seconds so far, the
+      validation seconds so far and every validation metric, written to ``curve_file`` (a CSV beside the run's
+      log) as it grows, so that a killed run keeps its curve;
+    - ``valid_metric_weights`` (e.g. ``{ndcg@10: 0.8, recall@10: 0.2}``): model selection and early stopping on
+      that weighted sum of validation metrics instead of ``valid_metric`` alone, for any model;
+
+    - the resume state (``CheckpointMixin``) carries the time spent, the epochs trained and the curve
+      (``progress_state``), so a resumed run keeps its budget and curve;
+    - from the second epoch on, each epoch logs the time per epoch so far and an estimate of the time left;
+    - on the CPU (RecBole pins the DDP model to ``device_ids=[local_rank]``, which only a GPU module accepts);
+    - every rank names the checkpoint as rank 0 does (RecBole names it by each process's clock, to the
+      second, and only rank 0 writes it), and waits for rank 0 before reloading it for the test.
+    """
+
+    def __init__(self, config, model):
+        cpu_ddp = not config["single_spec"] and config["device"].type == "cpu"
+        if cpu_ddp:
+            config["single_spec"] = True
+        try:
+            super().__init__(config, model)
+        finally:
+            if cpu_ddp:
+                config["single_spec"] = False
+        if cpu_ddp:
+            self.distributed_model = DistributedDataParallel(self.model)
+        if not config["single_spec"]:
+            names = [self.saved_model_file]
+            torch.distributed.broadcast_object_list(names, src=0)
+            self.saved_model_file = names[0]
+        self._epoch_clock = None  # (first epoch of this process, when it started): the time-left estimate
+        self.time_budget = parse_duration(config["time_budget"], "time_budget")
+        clocks = {"wall": time.monotonic, "process": time.process_time}
+        if config["time_budget_clock"] not in clocks:
+            raise InputError(f"unknown time_budget_clock '{config['time_budget_clock']}'; choose one of wall, process")
+        self._budget_clock = clocks[config["time_budget_clock"]]
+        # Time so far ({clock: seconds}) with validation, and in validation alone, across resumes.
+        self._spent = {"wall": 0.0, "process": 0.0}
+        self._validating = {"wall": 0.0, "process": 0.0}
+        self.epochs_trained = 0  # every epoch of this run, with its validation, resumed ones included
+        self._clock_start = None
+        self._epoch_idx = None  # the epoch in progress, until it and its validation are over
+        self._last_epoch = -1
+        self.curve: list[dict] = []
+        self.curve_file = _curve_file_of(self.saved_model_file)
+        self.stop_reason = None
+
+    def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        if self._clock_start is None:
+            self._clock_start = _now()
+        self._close_epoch()
+        self._check_budget()
+        self._log_time_left(epoch_idx)
+        self._epoch_idx = epoch_idx
+        return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+
+    def _close_epoch(self) -> None:
+        """Count the epoch in progress (with its validation) as trained, once."""
+        if self._epoch_idx is not None:
+            self.epochs_trained, self._last_epoch, self._epoch_idx = self.epochs_trained + 1, self._epoch_idx, None
+
+    def _elapsed(self) -> dict[str, float]:
+        """Time so far on each clock (``wall``, ``process``), validation included, across resumes."""
+        if self._clock_start is None:
+            return dict(self._spent)
+        now = _now()
+        return {clock: self._spent[clock] + now[clock] - self._clock_start[clock] for clock in now}
+
+    def training_seconds(self) -> dict[str, float]:
+        """Training time so far on each clock, validation left out (``validation_seconds``), across resumes."""
+        elapsed = self._elapsed()
+        return {clock: elapsed[clock] - self._validating[clock] for clock in elapsed}
+
+    def validation_seconds(self) -> dict[str, float]:
+        return dict(self._validating)
+
+    def _check_budget(self) -> None:
+        if self.time_budget is None or self.epochs_trained == 0 or self.best_valid_result is None:
+            return
+        spent = self.training_seconds()[self.config["time_budget_clock"]]
+        if spent + spent / self.epochs_trained > self.time_budget:
+            self.logger.info(f"time budget: {spent / 60:.1f} of {self.time_budget / 60:.1f} min "
+                             f"({self.config['time_budget_clock']} clock) spent and an epoch takes "
+                             f"{spent / self.epochs_trained / 60:.1f} min: training stops; the best checkpoint is tested")
+            raise _BudgetSpent
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        start = _now()
+        valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        end = _now()
+        self._validating = {clock: self._validating[clock] + end[clock] - start[clock] for clock in end}
+        weights = self.config["valid_metric_weights"]
+        if weights:
+            prefix = getattr(self, "metric_prefix", "")
+            weights = {prefix + metric.lower(): weight for metric, weight in weights.items()}
+            missing = [metric for metric in weights if metric not in valid_result]
+            if missing:
+                raise InputError(f"valid_metric_weights names {missing}, which the validation does not compute "
+                                 f"(it computes {', '.join(valid_result)})")
+            valid_score = sum(weight * valid_result[metric] for metric, weight in weights.items())
+        self._record_curve(valid_score, valid_result)
+        return valid_score, valid_result
+
+    def _record_curve(self, valid_score: float, valid_result: dict) -> None:
+        seconds, validating = self.training_seconds(), self.validation_seconds()
+        self.curve.append({"epoch": self._epoch_idx, "train_seconds": round(seconds["wall"], 3),
+                           "train_cpu_seconds": round(seconds["process"], 3),
+                           "valid_seconds": round(validating["wall"], 3), "valid_score": float(valid_score),
+                           **{name: float(value) for name, value in valid_result.items()}})
+        if self._is_writer():
+            _write_csv_atomically(self.curve, self.curve_file)
+
+    def best_epoch(self) -> int | None:
+        """The epoch of the selected checkpoint: the last validation with the best score (RecBole's early stopping
+        takes a tie as an improvement)."""
+        if not self.curve:
+            return None
+        sign = 1 if self.valid_metric_bigger else -1
+        return max(reversed(self.curve), key=lambda row: sign * row["valid_score"])["epoch"]
+
+    def _log_time_left(self, epoch_idx: int) -> None:
+        now = time.monotonic()
+        if self._epoch_clock is None:
+            self._epoch_clock = (epoch_idx, now)
+            return
+        first_epoch, started = self._epoch_clock
+        per_epoch = (now - started) / (epoch_idx - first_epoch)
+        epochs = self.config["epochs"]
+        self.logger.info(f"epoch {epoch_idx}/{epochs}: {per_epoch / 60:.1f} min per epoch so far (with validation); "
+                         f"about {(epochs - epoch_idx) * per_epoch / 60:.0f} min left, less if early stopping ends it")
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        try:
+            result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+            self._close_epoch()
+            self.stop_reason = "epoch cap" if self._last_epoch + 1 >= self.epochs else "patience"
+        except _BudgetSpent:
+            self.stop_reason = "time budget"
+            self._add_hparam_to_tensorboard(self.best_valid_score)
+            result = self.best_valid_score, self.best_valid_result
+        if self._clock_start is not None:  # a later fit (GenerativeTrainer's second phase) goes on from here
+            self._spent, self._clock_start = self._elapsed(), None
+        self.discard_resume_state()
+        return result
+
+    def progress_state(self) -> dict:
+        return {"elapsed_seconds": self._elapsed(), "validation_seconds": self.validation_seconds(),
+                "trained_epochs": self.epochs_trained, "curve": self.curve}
+
+    def restore_progress_state(self, checkpoint: dict) -> None:
+        self._spent = dict(checkpoint.get("elapsed_seconds", self._spent))
+        self._validating = dict(checkpoint.get("validation_seconds", self._validating))
+        self.epochs_trained = checkpoint.get("trained_epochs", 0)
+        self.curve = list(checkpoint.get("curve", []))
