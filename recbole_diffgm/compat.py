@@ -2,9 +2,10 @@
 
 RecBole 1.2.1 (Feb 2025) installs cleanly on the current stack and then fails at run time. The
 failures that a version pin cannot avoid are fixed here, each as narrowly as it allows; the pins
-(``pandas<3``, ``setuptools<82``, ``ray==2.6.3``, Python < 3.12) are in ``setup.py``. Every fix has a
-test in ``tests/test_compat.py`` that fails without it. This module is imported first by
-``recbole_diffgm/__init__.py``, before anything imports RecBole or Ray.
+(``pandas<3``, ``setuptools<82``, ``ray==2.6.3`` up to Python 3.11, the vendored RecBole wheel and a newer Ray
+on 3.12/3.13) are in ``setup.py``. Every fix has a test in ``tests/test_compat.py`` that fails without it.
+The fixes hold for both Rays (2.6.3 and 2.60); the Ray Tune API differences are handled in ``tuning.py``.
+This module is imported first by ``recbole_diffgm/__init__.py``, before anything imports RecBole or Ray.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def restore_numpy_aliases() -> None:
 
 def ray_worker_setup() -> None:
     """Ray ``worker_process_setup_hook``: Ray workers unpickle ``ray.tune`` objects before any user
-    code runs, so the numpy aliases must be restored inside each worker too."""
+    code runs, so the numpy aliases must be restored inside each worker too (Ray 2.6's TensorBoard logger
+    reads ``np.bool8``; on every Ray, RecBole code in a trial reads ``np.float_``)."""
     restore_numpy_aliases()
 
 

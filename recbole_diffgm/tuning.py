@@ -21,6 +21,7 @@ import os
 import time
 from logging import getLogger
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
@@ -110,10 +111,10 @@ def ray_search_space(space: dict[str, tuple[str, list]]) -> dict:
 def _trial(params: dict, model: str, dataset: str, config_file_list, config_dict: dict, bigger: bool) -> None:
     """One trial, inside a Ray worker: train with ``params`` and report every validation."""
     import torch
-    from ray.air import session
 
     from recbole_diffgm.quick_start import run_recbole_diffgm
 
+    session = _trial_session()
     trial_dir = Path(session.get_trial_dir())
     cpus = int(session.get_trial_resources().required_resources.get("CPU", 1))
     torch.set_num_threads(max(1, cpus))
@@ -134,6 +135,40 @@ def _trial(params: dict, model: str, dataset: str, config_file_list, config_dict
 
     result = run_recbole_diffgm(model, dataset, config_file_list, overrides, callback_fn=report, test=False)
     session.report({"best_valid_score": result["best_valid_score"], "done_training": True})
+
+
+def _trial_session():
+    """The running trial's API on the Ray that ``setup.py`` installs for this Python: ``ray.tune.get_context()`` and
+    ``ray.tune.report`` on newer Ray (2.60 on Python 3.12+, where ``ray.air.session`` is deprecated), ``ray.air.session``
+    on Ray 2.6.3 (Python <= 3.11, which has no ``tune.get_context``). Either gives ``get_trial_dir()``,
+    ``get_trial_resources()`` and ``report(metrics)``."""
+    from ray import tune
+
+    if hasattr(tune, "get_context"):
+        context = tune.get_context()
+        return SimpleNamespace(get_trial_dir=context.get_trial_dir, get_trial_resources=context.get_trial_resources,
+                               report=tune.report)
+    from ray.air import session
+
+    return session
+
+
+def _result_folder(result) -> str | None:
+    """A trial's folder (where ``_trial`` wrote its checkpoints): ``Result.log_dir`` on Ray 2.6 (its trial dir is
+    the local one), ``Result.path`` on newer Ray (the trial dir is the one in ``storage_path``; no ``log_dir``)."""
+    return getattr(result, "log_dir", None) or getattr(result, "path", None)
+
+
+def _run_configs():
+    """``(RunConfig, FailureConfig)``: ``ray.tune``'s on newer Ray (``ray.air``'s are deprecated there), ``ray.air``'s
+    on Ray 2.6, which has no others."""
+    from ray import tune
+
+    if hasattr(tune, "RunConfig") and hasattr(tune, "FailureConfig"):
+        return tune.RunConfig, tune.FailureConfig
+    from ray import air
+
+    return air.RunConfig, air.FailureConfig
 
 
 def require_ray() -> None:
@@ -205,7 +240,8 @@ def run_search(model: str, dataset: str, params_file: str, config_file_list=None
     for result in grid:
         metrics = result.metrics or {}
         # RecBole keeps one checkpoint per run, rewritten at each better validation: the trial's best.
-        checkpoints = sorted(Path(result.log_dir).glob("checkpoints/*.pth")) if result.log_dir else []
+        folder_of_trial = _result_folder(result)
+        checkpoints = sorted(Path(folder_of_trial).glob("checkpoints/*.pth")) if folder_of_trial else []
         status = "error" if result.error else "finished" if metrics.get("done_training") else "stopped early"
         trials.append({**{key: (result.config or {}).get(key) for key in space},
                        "best_valid_score": metrics.get("best_valid_score"),
@@ -237,7 +273,7 @@ def _tuner(model, dataset, config_file_list, config_dict, space, mode, num_sampl
            cpus_per_trial, gpus_per_trial, early_stopping, time_budget_s=None, defaults=None,
            max_concurrent_trials=None):
     """A new Ray Tune ``Tuner``, or the interrupted one in ``folder``, resumed."""
-    from ray import air, tune
+    from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
@@ -249,13 +285,14 @@ def _tuner(model, dataset, config_file_list, config_dict, space, mode, num_sampl
         getLogger().info(f"resuming the search in {folder}")
         return tune.Tuner.restore(str(folder), trainable, resume_errored=True)
     scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=1) if early_stopping else None
+    RunConfig, FailureConfig = _run_configs()
     return tune.Tuner(
         trainable, param_space=ray_search_space(space),
         tune_config=tune.TuneConfig(metric="best_valid_score", mode=mode, num_samples=num_samples, scheduler=scheduler,
                                     time_budget_s=time_budget_s, max_concurrent_trials=max_concurrent_trials,
                                     search_alg=BasicVariantGenerator(points_to_evaluate=[defaults] if defaults else None)),
-        run_config=air.RunConfig(name=name, storage_path=str(folder.parent), verbose=1,
-                                 failure_config=air.FailureConfig(fail_fast=False)))
+        run_config=RunConfig(name=name, storage_path=str(folder.parent), verbose=1,
+                             failure_config=FailureConfig(fail_fast=False)))
 
 
 def _write_trials(trials: list[dict], parameters: list[str], folder: Path) -> None:
