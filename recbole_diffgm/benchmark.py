@@ -27,6 +27,8 @@ import platform
 import resource
 import statistics
 import sys
+import threading
+import time
 import traceback
 from dataclasses import dataclass
 from logging import getLogger
@@ -40,7 +42,7 @@ QUALITY = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 # Config keys that say where a run writes or runs, not what it computes: left out of its key.
 _PLACE_KEYS = {"data_path", "checkpoint_dir", "sid_cache_dir", "dataset_save_path", "dataloaders_save_path",
                "show_progress", "state", "gpu_id", "device", "use_gpu", "log_wandb", "wandb_project", "nproc",
-               "world_size", "offset", "ip", "port", "local_rank", "single_spec"}
+               "world_size", "offset", "ip", "port", "local_rank", "single_spec", "eval_memory_check"}
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ def run_benchmark(models: list[str], dataset: str, config_file_list=None, config
             results = context.SimpleQueue()
             process = context.Process(target=_run_one, args=(row.model, dataset, files, overrides,
                                                               str(out / f"{dataset}-runs" / name), results,
-                                                              report_only))
+                                                              report_only, os.getpid()))
             process.start()
             process.join()
             run = results.get() if not results.empty() else {"error": f"the run's process died (exit code {process.exitcode})"}
@@ -122,9 +124,12 @@ def run_benchmark(models: list[str], dataset: str, config_file_list=None, config
     return rows
 
 
-def _run_one(model, dataset, config_file_list, config_dict, run_dir, results, report_only=False) -> None:
+def _run_one(model, dataset, config_file_list, config_dict, run_dir, results, report_only=False,
+             benchmark_pid=None) -> None:
     """One run in a fresh process: the finished run of the same key, else a resumed or new one; the result with
     peak memory, SIDs and config, or the error."""
+    if benchmark_pid is not None:
+        _exit_with(benchmark_pid)
     try:
         sys.argv = sys.argv[:1]  # spawn hands the parent's command line over, which RecBole's Config would read
         result = _reuse_or_run(model, dataset, config_file_list, config_dict, Path(run_dir), report_only)
@@ -132,6 +137,18 @@ def _run_one(model, dataset, config_file_list, config_dict, run_dir, results, re
     except BaseException as error:  # noqa: BLE001  (any failure becomes the row's error)
         getLogger().error(traceback.format_exc())
         results.put({"error": f"{type(error).__name__}: {error}".splitlines()[0][:300]})
+
+
+def _exit_with(parent_pid: int, period_s: float = 0.5) -> None:
+    """End this process soon after the benchmark that started it is gone, however it was killed (SIGKILL too):
+    an orphaned run would go on writing into the run folder that the benchmark, run again, resumes from."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(period_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-benchmark", daemon=True).start()
 
 
 def _reuse_or_run(model, dataset, config_file_list, config_dict, run_dir: Path, report_only: bool = False) -> dict:

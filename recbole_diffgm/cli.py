@@ -65,6 +65,9 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     search.add_argument("--max_concurrent_trials", type=int, default=None,
                         help="trials at a time (default: as many as the CPUs/GPUs allow)")
     search.add_argument("--no_early_stopping", action="store_true", help="no ASHA: every trial trains to the end")
+    search.add_argument("--max_failures", type=int, default=2,
+                        help="retries of a trial whose worker died (a node lost), each from the trial's last epoch "
+                             "(default: %(default)s)")
     distributed = parser.add_argument_group("distributed training (RecBole's DDP)")
     distributed.add_argument("--nproc", type=int, default=1, help="processes on this machine (default: %(default)s)")
     distributed.add_argument("--world_size", type=int, default=-1, help="processes in all (default: nproc)")
@@ -111,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
             run_search(args.model, args.dataset, args.params_file, config_files, overrides, args.num_samples,
                        args.tune_dir, args.tune_name, args.ray_address, args.cpus_per_trial, args.gpus_per_trial,
-                       not args.no_early_stopping, max_concurrent_trials=args.max_concurrent_trials)
+                       not args.no_early_stopping, max_concurrent_trials=args.max_concurrent_trials,
+                       max_failures=args.max_failures)
         elif len(models) > 1 or args.seeds or args.tune_budget:
             from recbole_diffgm.benchmark import run_benchmark
             from recbole_diffgm.tuned_benchmark import run_tuned_benchmark
@@ -123,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.tune_budget:
                 run_tuned_benchmark(models, args.dataset, args.tune_budget, config_files, overrides, seeds,
                                     args.results_dir, command, args.params_dir, args.cpus_per_trial,
-                                    args.gpus_per_trial, args.ray_address, args.max_concurrent_trials)
+                                    args.gpus_per_trial, args.ray_address, args.max_concurrent_trials,
+                                    args.max_failures)
             else:
                 seeded_rows = args.seeded_rows.split(",") if args.seeded_rows else None
                 run_benchmark(models, args.dataset, config_files, overrides, seeds, args.results_dir, command,

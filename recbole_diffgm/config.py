@@ -110,6 +110,13 @@ class Config(recbole.config.Config):
                 + (f" (the default fields it has; it has no {', '.join(left_out)})" if left_out else ""))
         return notes
 
+    def join_process_group(self, distributed: dict) -> None:
+        """This config of a DDP run, loaded from its resume state, as one rank of the resumed run: ``distributed``
+        (``local_rank``, ``world_size``, ``ip``, ``port``, ``nproc``, ``offset``) replaces the stored rank's, and
+        the process joins the group as a freshly built ``Config`` does."""
+        self.final_config_dict.update(distributed)
+        self._init_device()
+
     def _init_device(self):
         # RecBole's DDP joins the processes with NCCL on CUDA only; without a GPU they join with Gloo on the CPU.
         if "local_rank" not in self.final_config_dict or torch.cuda.is_available():

@@ -60,6 +60,16 @@ def run_recbole_diffgm(model=None, dataset=None, config_file_list=None, config_d
         ``test_users``, ``parameters``, ``device`` and ``model_file`` (``None`` when not saved); with several
         processes, rank 0's.
     """
+    if resume_file:
+        if not Path(resume_file).is_file():
+            raise InputError(f"resume file not found: {resume_file}")
+        stored = load_checkpoint(resume_file)["config"]
+        model = stored["model"]
+        if nproc == 1 and world_size <= 0 and not stored["single_spec"]:  # a DDP run resumes as it ran
+            nproc, world_size = stored["nproc"], stored["world_size"]
+        elif (world_size if world_size > 0 else nproc) != (1 if stored["single_spec"] else stored["world_size"]):
+            raise InputError(f"{resume_file} is the state of a run of {stored['world_size'] if not stored['single_spec'] else 1} "
+                             f"process(es): resume it with as many (its shuffling and budget are per process)")
     if nproc == 1 and world_size <= 0:
         return _run(model, dataset, config_file_list, config_dict, saved, callback_fn, test, resume_file)
     distributed = {"world_size": nproc if world_size == -1 else world_size, "ip": ip, "port": str(port),
@@ -69,13 +79,15 @@ def run_recbole_diffgm(model=None, dataset=None, config_file_list=None, config_d
     context = torch.multiprocessing.get_context("spawn")
     results = context.SimpleQueue()
     torch.multiprocessing.start_processes(
-        _run_rank, args=(model, dataset, config_file_list, {**(config_dict or {}), **distributed}, saved, results),
+        _run_rank, args=(model, dataset, config_file_list, {**(config_dict or {}), **distributed}, saved, results,
+                         resume_file),
         nprocs=nproc, join=True, start_method="spawn")
     return None if results.empty() else results.get()
 
 
-def _run_rank(local_rank, model, dataset, config_file_list, config_dict, saved, results):
-    result = _run(model, dataset, config_file_list, {**config_dict, "local_rank": local_rank}, saved)
+def _run_rank(local_rank, model, dataset, config_file_list, config_dict, saved, results, resume_file=None):
+    result = _run(model, dataset, config_file_list, {**config_dict, "local_rank": local_rank}, saved,
+                  resume_file=resume_file)
     if local_rank + config_dict["offset"] == 0:
         results.put(result)
     torch.distributed.destroy_process_group()
@@ -83,9 +95,9 @@ def _run_rank(local_rank, model, dataset, config_file_list, config_dict, saved, 
 
 def _run(model, dataset, config_file_list, config_dict, saved, callback_fn=None, test=True, resume_file=None):
     if resume_file:
-        if not Path(resume_file).is_file():
-            raise InputError(f"resume file not found: {resume_file}")
         config = load_checkpoint(resume_file)["config"]
+        if "local_rank" in (config_dict or {}):  # one rank of a resumed DDP run
+            config.join_process_group(config_dict)
     else:
         config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])

@@ -38,7 +38,8 @@ def parse_budget(text: str) -> tuple[int, float | None]:
 def run_tuned_benchmark(models: list[str], dataset: str, budget: str, config_file_list=None, config_dict=None,
                         seeds=(None,), results_dir: str = "results", command: str | None = None,
                         params_dir: str | None = None, cpus_per_trial: float = 1, gpus_per_trial: float | None = None,
-                        ray_address: str | None = None, max_concurrent_trials: int | None = None) -> list[dict]:
+                        ray_address: str | None = None, max_concurrent_trials: int | None = None,
+                        max_failures: int = 2) -> list[dict]:
     """Tune every model with ``budget`` (``parse_budget``), then benchmark the tuned configs over ``seeds``."""
     trials, seconds = parse_budget(budget)
     require_ray()
@@ -61,7 +62,7 @@ def run_tuned_benchmark(models: list[str], dataset: str, budget: str, config_fil
         searches[model] = run_search(model, dataset, str(spaces[model]), config_file_list, config_dict, trials,
                                      str(out / f"{dataset}-tuning"), model, ray_address, cpus_per_trial,
                                      gpus_per_trial, time_budget_s=seconds, try_defaults=True,
-                                     max_concurrent_trials=max_concurrent_trials)
+                                     max_concurrent_trials=max_concurrent_trials, max_failures=max_failures)
         done_file.write_text(json.dumps({"signature": signature, "summary": searches[model]}, indent=2))
     rows = run_benchmark(models, dataset, config_file_list, config_dict, seeds, results_dir, command,
                          model_overrides={model: search["best_params"] for model, search in searches.items()})

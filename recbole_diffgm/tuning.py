@@ -133,8 +133,51 @@ def _trial(params: dict, model: str, dataset: str, config_file_list, config_dict
         best["score"] = valid_score if better else best["score"]
         session.report({"valid_score": valid_score, "best_valid_score": best["score"], "epoch": epoch})
 
-    result = run_recbole_diffgm(model, dataset, config_file_list, overrides, callback_fn=report, test=False)
+    # A retried trial (its node or the driver died) continues from its own resume state, written each epoch.
+    resume_files = sorted((trial_dir / "checkpoints").glob("*-resume.pth"))
+    _record_attempt(trial_dir, resume_files[-1] if resume_files else None)
+    if resume_files:
+        result = run_recbole_diffgm(resume_file=str(resume_files[-1]), callback_fn=report, test=False)
+    else:
+        result = run_recbole_diffgm(model, dataset, config_file_list, overrides, callback_fn=report, test=False)
     session.report({"best_valid_score": result["best_valid_score"], "done_training": True})
+
+
+ATTEMPTS_FILE = "attempts.jsonl"  # in each trial's folder: a line per attempt, where it ran and where it resumed
+
+
+def _record_attempt(trial_dir: Path, resume_file: Path | None) -> None:
+    import ray
+
+    from recbole_diffgm.compat import load_checkpoint
+
+    attempt = {"node": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
+               "pid": os.getpid(), "started": time.time(),
+               "resumed_at_epoch": load_checkpoint(resume_file)["epoch"] + 1 if resume_file else None}
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    with (trial_dir / ATTEMPTS_FILE).open("a") as handle:  # one short appended line: whole or absent
+        handle.write(json.dumps(attempt) + "\n")
+
+
+def _attempts(trial_dir: str | None) -> list[dict]:
+    path = Path(trial_dir or "") / ATTEMPTS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if trial_dir and path.is_file() else []
+
+
+def _history(attempts: list[dict]) -> str:
+    """``ip/node → ip/node (resumed at epoch 3)``: where each attempt of a trial ran."""
+    return " → ".join(f"{attempt['ip']}/{attempt['node'][:8]}" + (f" (resumed at epoch {attempt['resumed_at_epoch']})"
+                                             if attempt["resumed_at_epoch"] is not None else "")
+                      for attempt in attempts)
+
+
+def _cluster_nodes() -> list[dict]:
+    """Every node the cluster has had in this search (dead ones too), for ``trials.md``."""
+    import ray
+
+    return [{"node": node["NodeID"][:8], "ip": node["NodeManagerAddress"],
+             "CPUs": node["Resources"].get("CPU", 0), "GPUs": node["Resources"].get("GPU", 0),
+             "head": "node:__internal_head__" in node["Resources"], "alive": node["Alive"]} for node in ray.nodes()]
 
 
 def _trial_session():
@@ -160,15 +203,15 @@ def _result_folder(result) -> str | None:
 
 
 def _run_configs():
-    """``(RunConfig, FailureConfig)``: ``ray.tune``'s on newer Ray (``ray.air``'s are deprecated there), ``ray.air``'s
-    on Ray 2.6, which has no others."""
+    """``(RunConfig, FailureConfig, SyncConfig)``: ``ray.tune``'s on newer Ray (``ray.air``'s are deprecated there),
+    ``ray.air``'s on Ray 2.6, which has no others."""
     from ray import tune
 
     if hasattr(tune, "RunConfig") and hasattr(tune, "FailureConfig"):
-        return tune.RunConfig, tune.FailureConfig
+        return tune.RunConfig, tune.FailureConfig, tune.SyncConfig
     from ray import air
 
-    return air.RunConfig, air.FailureConfig
+    return air.RunConfig, air.FailureConfig, tune.SyncConfig
 
 
 def require_ray() -> None:
@@ -184,13 +227,15 @@ def run_search(model: str, dataset: str, params_file: str, config_file_list=None
                num_samples: int = 10, tune_dir: str = "tune", name: str | None = None,
                ray_address: str | None = None, cpus_per_trial: float = 1, gpus_per_trial: float | None = None,
                early_stopping: bool = True, time_budget_s: float | None = None, try_defaults: bool = False,
-               max_concurrent_trials: int | None = None) -> dict:
+               max_concurrent_trials: int | None = None, max_failures: int = 2) -> dict:
     """Search ``model``'s hyperparameters on ``dataset`` over ``params_file`` with Ray Tune.
 
     ``num_samples`` trials at most, ``max_concurrent_trials`` at a time (default: as many as the resources
     allow), and no new trial after ``time_budget_s`` seconds when given. With
     ``try_defaults`` the first trial is the model's default config (its values of the searched keys), so the
-    search shows how far it moved from there.
+    search shows how far it moved from there. A trial whose worker dies (its node lost, say) is retried up to
+    ``max_failures`` times, from its last epoch (its resume state in its folder); on a cluster (``ray_address``),
+    ``tune_dir`` must be storage that every node sees at the same path (NFS), where each trial writes its folder.
 
     Returns ``{"best_params", "best_valid_score", "test_result", "folder", "trials", "failed", "seconds",
     "default_params", "default_valid_score"}``. Trials that ASHA stopped early compete with their best
@@ -225,13 +270,16 @@ def run_search(model: str, dataset: str, params_file: str, config_file_list=None
             raise InputError(f"{resource} {amount}: Ray takes a fraction up to 1 or a whole number")
 
     defaults = {key: config[key] for key in space} if try_defaults else None
-    ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False,
+    # "local": a Ray of this search's own; without it ray.init joins the last cluster `ray start` made here, or
+    # fails on its leftover address file when that cluster is gone.
+    ray.init(address=ray_address or "local", ignore_reinit_error=True, log_to_driver=False,
              runtime_env={"worker_process_setup_hook": compat.ray_worker_setup})
     start = time.perf_counter()
     try:
         grid = _tuner(model, dataset, config_file_list, config_dict, space, mode, num_samples, folder, name,
                       cpus_per_trial, gpus_per_trial, early_stopping, time_budget_s, defaults,
-                      max_concurrent_trials).fit()
+                      max_concurrent_trials, max_failures).fit()
+        nodes = _cluster_nodes()
     finally:
         ray.shutdown()
     seconds = time.perf_counter() - start
@@ -243,13 +291,17 @@ def run_search(model: str, dataset: str, params_file: str, config_file_list=None
         folder_of_trial = _result_folder(result)
         checkpoints = sorted(Path(folder_of_trial).glob("checkpoints/*.pth")) if folder_of_trial else []
         status = "error" if result.error else "finished" if metrics.get("done_training") else "stopped early"
-        trials.append({**{key: (result.config or {}).get(key) for key in space},
+        attempts = _attempts(folder_of_trial)
+        trials.append({"trial": Path(folder_of_trial).name if folder_of_trial else "",
+                       **{key: (result.config or {}).get(key) for key in space},
                        "best_valid_score": metrics.get("best_valid_score"),
                        "evaluations": metrics.get("training_iteration"),
                        "status": status,
+                       "attempts": len(attempts),
+                       "ran on": _history(attempts),
                        "error": str(result.error).splitlines()[0][:200] if result.error else "",
                        "model_file": str(checkpoints[-1]) if checkpoints else None})
-    _write_trials(trials, list(space), folder)
+    _write_trials(trials, list(space), folder, nodes)
     ranked = [trial for trial in trials if trial["model_file"] and trial["best_valid_score"] is not None]
     if not ranked:
         raise InputError(f"no trial reached a validation; see {folder / 'trials.md'}")
@@ -271,7 +323,7 @@ def run_search(model: str, dataset: str, params_file: str, config_file_list=None
 
 def _tuner(model, dataset, config_file_list, config_dict, space, mode, num_samples, folder: Path, name: str,
            cpus_per_trial, gpus_per_trial, early_stopping, time_budget_s=None, defaults=None,
-           max_concurrent_trials=None):
+           max_concurrent_trials=None, max_failures=2):
     """A new Ray Tune ``Tuner``, or the interrupted one in ``folder``, resumed."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -285,19 +337,23 @@ def _tuner(model, dataset, config_file_list, config_dict, space, mode, num_sampl
         getLogger().info(f"resuming the search in {folder}")
         return tune.Tuner.restore(str(folder), trainable, resume_errored=True)
     scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=1) if early_stopping else None
-    RunConfig, FailureConfig = _run_configs()
+    RunConfig, FailureConfig, SyncConfig = _run_configs()
+    # Trials write to storage_path, shared by every node: Ray 2.6's copying of trial folders to the head is off.
+    sync = {"sync_config": SyncConfig(syncer=None)} if "syncer" in SyncConfig.__dataclass_fields__ else {}
     return tune.Tuner(
         trainable, param_space=ray_search_space(space),
+        # The generator limits concurrency itself: Tune ignores its own max_concurrent_trials beside a generator.
         tune_config=tune.TuneConfig(metric="best_valid_score", mode=mode, num_samples=num_samples, scheduler=scheduler,
-                                    time_budget_s=time_budget_s, max_concurrent_trials=max_concurrent_trials,
-                                    search_alg=BasicVariantGenerator(points_to_evaluate=[defaults] if defaults else None)),
-        run_config=RunConfig(name=name, storage_path=str(folder.parent), verbose=1,
-                             failure_config=FailureConfig(fail_fast=False)))
+                                    time_budget_s=time_budget_s,
+                                    search_alg=BasicVariantGenerator(points_to_evaluate=[defaults] if defaults else None,
+                                                                     max_concurrent=max_concurrent_trials or 0)),
+        run_config=RunConfig(name=name, storage_path=str(folder.parent), verbose=1, **sync,
+                             failure_config=FailureConfig(max_failures=max_failures, fail_fast=False)))
 
 
-def _write_trials(trials: list[dict], parameters: list[str], folder: Path) -> None:
+def _write_trials(trials: list[dict], parameters: list[str], folder: Path, nodes: list[dict] = ()) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    header = [*parameters, "best_valid_score", "evaluations", "status", "error"]
+    header = ["trial", *parameters, "best_valid_score", "evaluations", "status", "attempts", "ran on", "error"]
     with (folder / "trials.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, header, extrasaction="ignore")
         writer.writeheader()
@@ -307,8 +363,18 @@ def _write_trials(trials: list[dict], parameters: list[str], folder: Path) -> No
     for trial in ranked:
         cells = [_format(trial[key]) for key in header]
         lines.append("| " + " | ".join(cells) + " |")
-    (folder / "trials.md").write_text("# Trials (validation only; the test is run for the best trial alone)\n\n"
-                                      + "\n".join(lines) + "\n")
+    retried = [trial for trial in trials if trial["attempts"] > 1]
+    notes = [f"- {trial['trial']}: {trial['attempts']} attempts ({trial['ran on']}); {trial['status']}, counted once"
+             for trial in retried]
+    node_lines = ["| node | address | CPUs | GPUs | head | alive (as the cluster saw it at the end) |",
+                  "|---|---|---|---|---|---|",
+                  *(f"| {node['node']} | {node['ip']} | {node['CPUs']:g} | {node['GPUs']:g} | {'yes' if node['head'] else ''}"
+                    f" | {'yes' if node['alive'] else 'no'} |" for node in nodes)]
+    (folder / "trials.md").write_text(
+        "# Trials (validation only; the test is run for the best trial alone)\n\n" + "\n".join(lines) + "\n"
+        + ("\nRetried (a worker died; the trial resumed from its last epoch):\n\n" + "\n".join(notes) + "\n"
+           if notes else "")
+        + ("\n## Nodes of the cluster\n\n" + "\n".join(node_lines) + "\n" if nodes else ""))
 
 
 def _format(value) -> str:

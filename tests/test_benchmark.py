@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 import yaml
 from conftest import NAME
@@ -70,26 +71,34 @@ def test_a_finished_run_is_reused_until_its_config_changes(tiny_config, tmp_path
     assert changed["reused"] == 0 and not changed["error"]
 
 
-def test_a_killed_benchmark_resumes_its_run_to_the_same_end(tiny_config, tmp_path):
+def test_a_benchmark_killed_mid_model_keeps_its_finished_rows_and_resumes_the_run(tiny_config, tmp_path):
     settings = {**tiny_config, "epochs": 6, "eval_step": 1, "stopping_step": 10}
     (whole,) = run_benchmark(["DiffGM"], NAME, config_dict=settings, results_dir=str(tmp_path / "whole"))
 
     script = ("import json, sys\nfrom recbole_diffgm.benchmark import run_benchmark\n"
-              f"run_benchmark(['DiffGM'], {NAME!r}, config_dict=json.loads(sys.argv[1]), results_dir='killed')")
+              f"run_benchmark(['SASRec', 'DiffGM'], {NAME!r}, config_dict=json.loads(sys.argv[1]), results_dir='killed')")
     process = subprocess.Popen([sys.executable, "-c", script, json.dumps(settings)], cwd=tmp_path,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    run_dir = tmp_path / "killed" / f"{NAME}-runs" / "DiffGM"
+    runs = tmp_path / "killed" / f"{NAME}-runs"
     deadline = time.monotonic() + 300
     while process.poll() is None and time.monotonic() < deadline:
-        if list(run_dir.glob("*-resume.pth")):  # an epoch has finished
-            os.killpg(process.pid, signal.SIGKILL)  # the benchmark and its run's process
+        if list((runs / "DiffGM").glob("*-resume.pth")):  # SASRec has finished, and an epoch of DiffGM
+            run_process = psutil.Process(process.pid).children()[-1]
+            process.kill()  # SIGKILL, the benchmark alone: its run's process must not live on, orphaned
             break
         time.sleep(0.005)
-    assert process.wait() == -9, "the benchmark finished before it could be killed"
-    assert not (run_dir / "run.json").exists()
+    assert process.wait() == -signal.SIGKILL, "the benchmark finished before it could be killed"
+    try:
+        run_process.wait(timeout=10)
+    except psutil.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail("the run's process outlived the benchmark that started it")
+    assert (runs / "SASRec" / "run.json").is_file() and not (runs / "DiffGM" / "run.json").exists()
+    assert [row["model"] for row in read_table(tmp_path / "killed")] == ["SASRec"]  # the finished row, kept
 
-    (resumed,) = run_benchmark(["DiffGM"], NAME, config_dict=settings, results_dir=str(tmp_path / "killed"))
-    assert resumed["reused"] == 0 and not resumed["error"]
+    sasrec, resumed = run_benchmark(["SASRec", "DiffGM"], NAME, config_dict=settings,
+                                    results_dir=str(tmp_path / "killed"))
+    assert sasrec["reused"] == 1 and resumed["reused"] == 0 and not resumed["error"]
     log = "".join(path.read_text() for path in (tmp_path / "log").rglob("*.log"))
     assert "Resume training from epoch" in log
     for metric in ("recall@5", "ndcg@5", "sid_recall@5", "epochs_run"):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -60,6 +63,45 @@ def test_a_killed_run_resumes_to_the_same_end(tiny_config, tmp_path, caplog):
     assert f"Resume training from epoch {resumed_from}" in caplog.text and 1 <= resumed_from < config["epochs"]
     assert resumed["test_result"] == uninterrupted["test_result"]
     assert resumed["best_valid_result"] == uninterrupted["best_valid_result"]
+    for name, tensor in weights(uninterrupted["model_file"]).items():
+        assert torch.equal(tensor, weights(resumed["model_file"])[name]), name
+    assert not resume_file.exists()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_killed_two_process_ddp_run_resumes_to_the_same_end(tiny_config, tmp_path):
+    uninterrupted = run_recbole_diffgm("DiffGM", NAME, config_dict=run_config(tiny_config, tmp_path, "whole"),
+                                       nproc=2, port=free_port())
+
+    config = run_config(tiny_config, tmp_path, "killed")
+    script = ("import json, sys\nfrom recbole_diffgm import run_recbole_diffgm\n"
+              f"run_recbole_diffgm('DiffGM', {NAME!r}, config_dict=json.loads(sys.argv[1]), nproc=2, port={free_port()})")
+    with (tmp_path / "killed.log").open("w") as log:
+        process = subprocess.Popen([sys.executable, "-c", script, json.dumps(config)], cwd=tmp_path,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        if list((tmp_path / "killed").glob("*-resume.pth")):  # an epoch has finished on both ranks
+            os.killpg(process.pid, signal.SIGKILL)  # the launcher and its two ranks
+            break
+        time.sleep(0.005)
+    assert process.wait() == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+
+    (resume_file,) = (tmp_path / "killed").glob("*-resume.pth")
+    state = load_checkpoint(resume_file)
+    assert len(state["rng_by_rank"]) == 2 and 1 <= state["epoch"] + 1 < config["epochs"]
+    assert not torch.equal(state["rng_by_rank"][0]["torch"], state["rng_by_rank"][1]["torch"])  # each rank its own
+    with pytest.raises(InputError, match="a run of 2 process"):
+        run_recbole_diffgm(resume_file=str(resume_file), nproc=3)
+    resumed = run_recbole_diffgm(resume_file=str(resume_file), port=free_port())  # as many processes as it had
+    assert resumed["test_result"] == uninterrupted["test_result"]
+    assert resumed["best_valid_result"] == uninterrupted["best_valid_result"]
+    assert resumed["epochs_run"] == uninterrupted["epochs_run"]
     for name, tensor in weights(uninterrupted["model_file"]).items():
         assert torch.equal(tensor, weights(resumed["model_file"])[name]), name
     assert not resume_file.exists()

@@ -86,17 +86,28 @@ class CheckpointMixin:
         if self._resumed_loader_state is not None:
             train_data.generator.set_state(self._resumed_loader_state)
             self._resumed_loader_state = None
-        elif epoch_idx > 0 and self._is_writer():
+        elif epoch_idx > 0:
             self._save_resume_state(epoch_idx - 1, train_data)
         return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
 
+    def _rank(self) -> int:
+        return 0 if self.config["single_spec"] else torch.distributed.get_rank()
+
     def _save_resume_state(self, epoch: int, train_data) -> None:
+        # Under DDP the weights and optimizer are the same on every rank, the random generators are not: rank 0
+        # writes them all, so that every rank resumes its own.
+        rng_by_rank = [random_state(train_data)]
+        if not self.config["single_spec"]:
+            rng_by_rank = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(rng_by_rank, random_state(train_data))
+        if not self._is_writer():
+            return
         save_atomically({
             "config": self.config, "epoch": epoch, "cur_step": self.cur_step,
             "best_valid_score": self.best_valid_score, "best_valid_result": self.best_valid_result,
             "best_model_file": self.saved_model_file, "state_dict": self.model.state_dict(),
             "other_parameter": self.model.other_parameter(), "optimizer": self.optimizer.state_dict(),
-            "rng": random_state(train_data), **self.progress_state(),
+            "rng": rng_by_rank[0], "rng_by_rank": rng_by_rank, **self.progress_state(),
         }, resume_file_of(self.saved_model_file))
 
     def discard_resume_state(self) -> None:
@@ -133,6 +144,7 @@ class CheckpointMixin:
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.restore_progress_state(checkpoint)
-        if checkpoint.get("rng"):
-            self._resumed_loader_state = restore_random_state(checkpoint["rng"])
+        rng = checkpoint.get("rng_by_rank", [checkpoint.get("rng")])
+        if rng[0]:
+            self._resumed_loader_state = restore_random_state(rng[self._rank()])
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")

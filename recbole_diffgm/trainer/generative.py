@@ -9,6 +9,7 @@ from recbole.trainer import Trainer
 from torch.optim.lr_scheduler import LambdaLR
 
 from recbole_diffgm.evaluation import metric_prefix
+from recbole_diffgm.trainer.memory import check_trainer_memory
 from recbole_diffgm.trainer.plugin import PluginTrainerMixin
 
 
@@ -80,6 +81,7 @@ class GenerativeTrainer(PluginTrainerMixin, Trainer):
         return interaction, scores, positive_u, positive_i
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        check_trainer_memory(self, eval_data, training=False)  # a saved model evaluated alone (fit checks first)
         result = super().evaluate(eval_data, load_best_model, model_file, show_progress)
         return result and OrderedDict((self.metric_prefix + name, value) for name, value in result.items())
 

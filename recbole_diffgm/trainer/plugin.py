@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from recbole_diffgm.errors import InputError
 from recbole_diffgm.trainer.checkpoint import CheckpointMixin
+from recbole_diffgm.trainer.memory import check_trainer_memory
 
 
 def _curve_file_of(model_file: str | Path) -> Path:
@@ -150,7 +151,10 @@ class PluginTrainerMixin(CheckpointMixin):
     def _check_budget(self) -> None:
         if self.time_budget is None or self.epochs_trained == 0 or self.best_valid_result is None:
             return
-        spent = self.training_seconds()[self.config["time_budget_clock"]]
+        spent = [self.training_seconds()[self.config["time_budget_clock"]]]
+        if not self.config["single_spec"]:  # under DDP every rank stops where rank 0 does, or the others would hang
+            torch.distributed.broadcast_object_list(spent, src=0)
+        spent = spent[0]
         if spent + spent / self.epochs_trained > self.time_budget:
             self.logger.info(f"time budget: {spent / 60:.1f} of {self.time_budget / 60:.1f} min "
                              f"({self.config['time_budget_clock']} clock) spent and an epoch takes "
@@ -203,6 +207,7 @@ class PluginTrainerMixin(CheckpointMixin):
                          f"about {(epochs - epoch_idx) * per_epoch / 60:.0f} min left, less if early stopping ends it")
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        check_trainer_memory(self, train_data, training=True)  # an evaluation batch that cannot fit: before epoch 0
         try:
             result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
             self._close_epoch()
