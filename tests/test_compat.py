@@ -101,7 +101,7 @@ def test_trainer_resumes_from_its_checkpoint(fast_config):
 
 def test_ray_worker_setup_hook_restores_aliases_in_workers():
     import ray  # a dependency: a broken install fails here rather than skipping
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
              runtime_env={"worker_process_setup_hook": ray_worker_setup})
     try:
         @ray.remote

@@ -87,6 +87,10 @@ def two_node_cluster(tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     head = ray_start("--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}",
                      log=tmp_path / "head.log")
+    # A worker node writes the cluster's address to Ray's default temp dir, where a later ray.init() would look for
+    # a cluster: put back what was there.
+    address_file = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    address_before = address_file.read_text() if address_file.is_file() else None
     worker = None
     try:
         wait_started(head, tmp_path / "head.log")
@@ -98,6 +102,10 @@ def two_node_cluster(tmp_path):
             if process is not None:
                 kill_session(process)
         shutil.rmtree(temp_dir, ignore_errors=True)
+        if address_before is None:
+            address_file.unlink(missing_ok=True)
+        else:
+            address_file.write_text(address_before)
 
 
 def test_a_search_over_two_nodes_retries_the_trial_of_a_killed_worker_node(tiny_config, tmp_path, two_node_cluster):
