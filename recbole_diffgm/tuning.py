@@ -189,7 +189,10 @@ def _trial_session():
 
     if hasattr(tune, "get_context"):
         context = tune.get_context()
-        return SimpleNamespace(get_trial_dir=context.get_trial_dir, get_trial_resources=context.get_trial_resources,
+        # The trial's folder in storage_path (Result.path), not the node-local working folder that get_trial_dir()
+        # gives there: a retried trial (on another node, or after a restore) finds its resume state in it.
+        trial_dir = context.get_storage().trial_fs_path
+        return SimpleNamespace(get_trial_dir=lambda: trial_dir, get_trial_resources=context.get_trial_resources,
                                report=tune.report)
     from ray.air import session
 
