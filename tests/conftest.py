@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,12 @@ from recbole.data import data_preparation
 
 from recbole_diffgm import Config, create_dataset, get_model
 from recbole_diffgm.config import DATASET_DIR
+
+# Ray 2.60 (Python 3.12+) fixes a process's authentication mode when it first starts a cluster: with the mode unset,
+# the first local ray.init turns token authentication on for the rest of the process (and writes ~/.ray/auth_token),
+# and a later cluster of another mode, or a node started without the token, cannot be joined. One mode for every Ray
+# the tests start, set before any of them: none (Ray 2.6.3 has no such setting).
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 BEAUTY = "amazon-beauty"
 TEST_DATA = Path(__file__).parent / "data"

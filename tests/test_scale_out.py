@@ -80,11 +80,10 @@ def wait_started(process: subprocess.Popen, log: Path, timeout_s: float = 120) -
 
 
 @pytest.fixture
-def two_node_cluster(tmp_path, monkeypatch):
-    """A head and a worker node, each with one CPU: ``(address, worker process)``."""
-    # Ray 2.60 (Python 3.12+) starts a head with token authentication when ~/.ray/auth_token exists, without it
-    # otherwise: this loopback cluster runs without, whatever the home folder holds. Ray 2.6 has no such setting.
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+def two_node_cluster(tmp_path):
+    """A head and a worker node, each with one CPU: ``(address, worker process)``. Both run without token
+    authentication, as the driver does (``RAY_AUTH_MODE`` in conftest), whatever the home folder holds."""
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"
     port = 6400 + os.getpid() % 500
     # Ray's sockets live in its temp dir, and a socket's path has at most 107 bytes: a short one of this test's.
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
