@@ -25,6 +25,12 @@ GENERATIVE_ROWS = ["DiffGM@DiffGM-cpu", "DiffGM@DiffGM-release", "DiffGM@sid-rea
                    "DiffGM@per-position", "DiffGM@dense-head", "DiffGM@cross-attention-shared", "ARGM@DiffGM-cpu",
                    "ARGM@sid-reassign+per-position", "TIGER@TIGER-cpu"]
 RECBOLE_ROWS = ["SASRec", "SASRec@SASRec-strong", "GRU4Rec", "BERT4Rec"]
+# Rows whose SIDs on the tiny catalogue depend on the CPU, so their fingerprint cannot be one number: sid16 splits
+# the catalogue's 16 PCA dimensions into 16 one-dimensional OPQ subspaces, and the float rounding of the CPU's kernels
+# moves items across code boundaries there (the same code and library versions gave other SIDs, hence other metrics
+# and weights, on an Intel Xeon than on the AMD EPYC it was recorded on). They still train and test here; the
+# benchmark's Beauty rows read shipped SIDs.
+CPU_DEPENDENT_SIDS = {"DiffGM@sid16"}
 FINGERPRINTS = TEST_DATA / "run-fingerprints.json"
 
 
@@ -67,7 +73,8 @@ def test_a_generative_recipe_trains_and_tests(tiny_config, spec):
     assert result["test_result"] and result["epochs_run"] == 1
     level = "sid_" if spec.endswith("DiffGM-release") else ""
     assert set(result["test_result"]) == {f"{level}{metric}@{k}" for metric in ("recall", "ndcg") for k in (5, 10)}
-    check_fingerprint(spec, "generative", result)
+    if spec not in CPU_DEPENDENT_SIDS:
+        check_fingerprint(spec, "generative", result)
 
 
 @pytest.mark.parametrize("spec", RECBOLE_ROWS)
