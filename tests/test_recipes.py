@@ -27,9 +27,9 @@ GENERATIVE_ROWS = ["DiffGM@DiffGM-cpu", "DiffGM@DiffGM-release", "DiffGM@sid-rea
 RECBOLE_ROWS = ["SASRec", "SASRec@SASRec-strong", "GRU4Rec", "BERT4Rec"]
 # Rows whose SIDs on the tiny catalogue depend on the CPU, so their fingerprint cannot be one number: sid16 splits
 # the catalogue's 16 PCA dimensions into 16 one-dimensional OPQ subspaces, and the float rounding of the CPU's kernels
-# moves items across code boundaries there (the same code and library versions gave other SIDs, hence other metrics
-# and weights, on an Intel Xeon than on the AMD EPYC it was recorded on). They still train and test here; the
-# benchmark's Beauty rows read shipped SIDs.
+# moves items across code boundaries there (the same code, faiss, torch, sentence-transformers and transformers gave
+# other SIDs, hence other metrics and weights, on an Intel Xeon than on the AMD EPYC where CI last passed). They still
+# train and test here; the benchmark's Beauty rows read shipped SIDs.
 CPU_DEPENDENT_SIDS = {"DiffGM@sid16"}
 FINGERPRINTS = TEST_DATA / "run-fingerprints.json"
 
