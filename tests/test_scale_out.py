@@ -53,9 +53,15 @@ def kill_session(process: subprocess.Popen) -> None:
 
 
 def attempts(folder: Path) -> dict[str, list[dict]]:
-    """Each trial folder's attempts (``tuning.ATTEMPTS_FILE``), by trial."""
-    return {path.parent.name: [json.loads(line) for line in path.read_text().splitlines()]
-            for path in folder.glob(f"*/{ATTEMPTS_FILE}")}
+    """Each trial folder's attempts (``tuning.ATTEMPTS_FILE``), by trial. Read while trials run, so only whole lines:
+    a file just created, or a line still being written, is read at the next look (once, an empty file killed the
+    watcher thread below with an IndexError and the test never killed the node)."""
+    found = {}
+    for path in folder.glob(f"*/{ATTEMPTS_FILE}"):
+        lines = path.read_text().split("\n")[:-1]  # the part after the last newline is not a whole line yet
+        if lines:
+            found[path.parent.name] = [json.loads(line) for line in lines]
+    return found
 
 
 def resumable_epoch(trial_dir: Path) -> int:
