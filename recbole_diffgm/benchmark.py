@@ -19,12 +19,14 @@ other row) and SID-level (the DiffGRM release's protocol, labelled ``sid_``); ea
 from __future__ import annotations
 
 import csv
+import ctypes
 import hashlib
 import json
 import multiprocessing
 import os
 import platform
 import resource
+import signal
 import statistics
 import sys
 import threading
@@ -139,11 +141,17 @@ def _run_one(model, dataset, config_file_list, config_dict, run_dir, results, re
         results.put({"error": f"{type(error).__name__}: {error}".splitlines()[0][:300]})
 
 
-def _exit_with(parent_pid: int, period_s: float = 0.5) -> None:
-    """End this process soon after the benchmark that started it is gone, however it was killed (SIGKILL too):
-    an orphaned run would go on writing into the run folder that the benchmark, run again, resumes from."""
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
-    def watch() -> None:
+
+def _exit_with(parent_pid: int, period_s: float = 0.5) -> None:
+    """End this process with the benchmark that started it, however that was killed (SIGKILL too): an orphaned
+    run would go on writing into the run folder that the benchmark, run again, resumes from (a tiny run can even
+    finish, discarding the resume state, within one period of polling)."""
+    if sys.platform == "linux":  # the kernel kills this process with its parent: no epoch ends in between
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    def watch() -> None:  # elsewhere, and in case the parent was gone before prctl
         while os.getppid() == parent_pid:
             time.sleep(period_s)
         os._exit(1)

@@ -106,6 +106,26 @@ def test_a_benchmark_killed_mid_model_keeps_its_finished_rows_and_resumes_the_ru
     assert [point["ndcg@5"] for point in resumed["curves"][0]] == [point["ndcg@5"] for point in whole["curves"][0]]
 
 
+def test_a_run_process_dies_with_its_benchmark_at_once_not_at_its_next_poll(tmp_path):
+    # The polling fallback is set to an hour: only the kernel's parent-death signal can end the run in time.
+    run = ("import os, time\nfrom recbole_diffgm.benchmark import _exit_with\n"
+           "_exit_with(os.getppid(), period_s=3600)\nprint('ready', flush=True)\ntime.sleep(3600)")
+    benchmark = (f"import subprocess, sys\nrun = subprocess.Popen([sys.executable, '-c', {run!r}], stdout=subprocess.PIPE)\n"
+                 "print(run.pid, run.stdout.readline().decode().strip(), flush=True)\nrun.wait()")
+    process = subprocess.Popen([sys.executable, "-c", benchmark], stdout=subprocess.PIPE, cwd=tmp_path,
+                               start_new_session=True)
+    pid, state = process.stdout.readline().decode().split()
+    assert state == "ready"
+    run_process = psutil.Process(int(pid))
+    process.kill()
+    process.wait()
+    try:
+        run_process.wait(timeout=10)
+    except psutil.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail("the run's process outlived its benchmark")
+
+
 def test_a_row_names_a_model_and_recipes_that_come_before_the_shared_files():
     from recbole_diffgm.benchmark import Row
     from recbole_diffgm.config import PROPERTIES_DIR
