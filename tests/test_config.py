@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from conftest import SCRIPT
 
 from recbole_diffgm import get_model
+from recbole_diffgm.benchmark import Row
 from recbole_diffgm.config import PROPERTIES_DIR, Config, model_property_files
 
 MODEL_FILES = sorted((PROPERTIES_DIR / "model").glob("*.yaml"))
@@ -75,3 +77,18 @@ def test_every_recipe_key_is_a_key_some_model_reads():
     for recipe in sorted((PROPERTIES_DIR / "recipes").glob("*.yaml")):
         unknown = set(yaml.safe_load(recipe.read_text())) - known
         assert not unknown, f"{recipe.name}: {sorted(unknown)} are no model's keys (a typo would change nothing)"
+
+
+def test_the_item_level_recipe_is_the_ablation_winner_in_one_file():
+    # What the README's main command and the converged benchmark run is what the ablation measured.
+    budget = [str(SCRIPT.parent / "benchmarks" / "diffgm-ablation-cpu.yaml")]
+
+    def final_config(spec: str) -> dict:
+        row = Row.parse(spec)
+        return Config(row.model, "amazon-beauty", config_file_list=row.config_files(budget)).final_config_dict
+
+    winner = final_config("DiffGM@DiffGM-cpu+sid-reassign+per-position+sid8+all-masked+catalogue-loss")
+    recipe = final_config("DiffGM@DiffGM-item-cpu")
+    differing = {key for key in winner.keys() | recipe.keys() if winner.get(key) != recipe.get(key)}
+    assert differing == {"decode_passes"}  # CPD's passes, which one-pass scoring without re-scoring never runs
+    assert recipe["decode_mode"] == "one_pass" and recipe["rerank_size"] == 0

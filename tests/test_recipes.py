@@ -20,7 +20,7 @@ from recbole_diffgm import run_recbole_diffgm
 from recbole_diffgm.benchmark import RUN_CODE_VERSION, Row
 from recbole_diffgm.compat import load_checkpoint
 
-GENERATIVE_ROWS = ["DiffGM@DiffGM-cpu", "DiffGM@DiffGM-release", "DiffGM@sid-reassign", "DiffGM@sid-disambiguate",
+GENERATIVE_ROWS = ["DiffGM@DiffGM-cpu", "DiffGM@DiffGM-item-cpu", "DiffGM@DiffGM-release", "DiffGM@sid-reassign", "DiffGM@sid-disambiguate",
                    "DiffGM@sid8", "DiffGM@sid16", "DiffGM@all-masked", "DiffGM@catalogue-loss", "DiffGM@one-pass",
                    "DiffGM@per-position", "DiffGM@dense-head", "DiffGM@cross-attention-shared", "ARGM@DiffGM-cpu",
                    "ARGM@sid-reassign+per-position", "TIGER@TIGER-cpu"]
