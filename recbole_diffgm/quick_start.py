@@ -168,7 +168,7 @@ def build_item_sids(model=None, dataset=None, config_file_list=None, config_dict
     logger = getLogger()
     dataset = create_dataset(config, SIDDataset)
     logger.info(set_color(dataset_summary(dataset), "green"))
-    logger.info(set_color(f"semantic IDs ({config['sid_quantizer']}, sid_collision {config['sid_collision']})", "green")
+    logger.info(set_color(f"semantic IDs ({config['sid_quantizer']}, before sid_collision {config['sid_collision']})", "green")
                 + f": {dataset.sid_report}")
     codes = dataset.item_sid[1:]
     _, group, size = codes.unique(dim=0, return_inverse=True, return_counts=True)

@@ -235,7 +235,7 @@ def test_standalone_builder_reports_without_training(sid_config, tmp_path):
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-3000:]
     assert "sid-tiny: 24 users, 48 items, 144 interactions" in log
-    assert "semantic IDs (opq, sid_collision keep): 48 items, " in log and "largest group, SID [" in log
+    assert "semantic IDs (opq, before sid_collision keep): 48 items, " in log and "largest group, SID [" in log
     assert "epoch 0 training" not in log and not (tmp_path / "saved").exists()
 
 
