@@ -1,30 +1,39 @@
 """Peak memory of evaluating the largest configuration: paper-size DiffGM, beam 256, amazon-beauty's test users.
 
-    OMP_NUM_THREADS=2 python benchmarks/eval_memory.py --threads=2                      # every test user (~90 min)
+    OMP_NUM_THREADS=1 python benchmarks/eval_memory.py --threads=1 --part=1/2 &   # every test user, in two
+    OMP_NUM_THREADS=1 python benchmarks/eval_memory.py --threads=1 --part=2/2 &   # processes side by side
+    python benchmarks/eval_memory.py --threads=1 --part=1/2 --report   # the report of what they measured so far
     OMP_NUM_THREADS=1 python benchmarks/eval_memory.py --users=512 --eval_batch_size=256 --threads=1   # a prefix
 
 Builds the model of ``--recipe`` (default ``DiffGM-release``: the DiffGRM release's command, SID-level test; the
 network is the paper's, ``properties/model/SIDTransformer.yaml``) on the shipped SIDs of ``--dataset``, untrained:
 memory depends on the tensors' shapes alone (CPD keeps ``--beam`` beams whatever the weights; no allocation size
-reads a score), not on the weights. Then RecBole's test evaluation (``GenerativeTrainer.evaluate``) of the first
-``--users`` test users (default all) at ``--eval_batch_size`` and ``test_beam_size --beam``, in this process, with
-the kernel's peak-RSS mark (``VmHWM``) reset just before it, read after every batch: the peak against the users
-evaluated so far shows whether it plateaus after the first batch (it should: every batch allocates the same
-working set and frees it). Against ``recbole_diffgm.trainer.memory``'s estimate of one batch, which the run's
-pre-check (``check_eval_memory``) compares with the available memory. Writes ``--out`` (markdown) with the command.
+reads a score), not on the weights. Then RecBole's test evaluation (``GenerativeTrainer.evaluate``) of the test
+users (the first ``--users``, default all; with ``--part=i/n`` the i-th of n contiguous shares of them) at
+``--eval_batch_size`` and ``test_beam_size --beam``, in this process, with the kernel's peak-RSS mark (``VmHWM``)
+reset just before it, read after every batch: the peak against the users evaluated so far shows whether it plateaus
+after the first batch (it should: every batch allocates the same working set and frees it). Against
+``recbole_diffgm.trainer.memory``'s estimate of one batch, which the run's pre-check (``check_eval_memory``)
+compares with the available memory. Writes ``--out`` (markdown) with the commands.
+
+The whole test split is hours of one core (about 0.8 s a user at beam 256), so a run records every finished batch
+in ``<out>.progress/`` (atomically) and the same command resumes after the last one: a batch cut short is
+evaluated again, never counted twice. Each process that ran a part is reported with its own peak.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 from recbole.data import data_preparation
+from recbole.data.dataloader import FullSortEvalDataLoader
 from sid_build import machine  # a sibling script
 
 from recbole_diffgm import Config, create_dataset, get_model
@@ -43,10 +52,40 @@ def reset_peak() -> None:
 
 
 class _Enough(Exception):
-    """Raised after ``--users`` users: the prefix's memory is measured; the metrics are not needed."""
+    """Raised after the part's last user: its memory is measured; the metrics are not needed."""
+
+
+def settings(args) -> dict:
+    """What a part's measurement depends on: a progress file of other settings is never resumed."""
+    return {key: getattr(args, key) for key in ("dataset", "recipe", "users", "eval_batch_size", "beam", "threads")}
+
+
+def progress_file(args, part: int) -> Path:
+    return Path(f"{args.out}.progress") / f"part-{part}-of-{args.parts}.json"
+
+
+def load_progress(args, part: int) -> dict:
+    path = progress_file(args, part)
+    stored = json.loads(path.read_text()) if path.is_file() else None
+    if stored and stored["settings"] == settings(args):
+        return stored
+    return {"settings": settings(args), "part": part, "parts": args.parts, "runs": []}
+
+
+def save_progress(args, progress: dict) -> None:
+    path = progress_file(args, progress["part"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(progress, indent=1))
+    partial.replace(path)
+
+
+def users_done(progress: dict) -> int:
+    return sum(run["rows"][-1]["users"] for run in progress["runs"] if run["rows"])
 
 
 def measure(args) -> dict:
+    """Evaluate this part's users not measured yet, recording each batch in the part's progress file."""
     work = Path(tempfile.mkdtemp(prefix="eval-memory-"))
     files = [str(recipe_file(args.recipe))] if args.recipe else []
     config = Config("DiffGM", args.dataset, config_file_list=files, config_dict={
@@ -56,68 +95,111 @@ def measure(args) -> dict:
     torch.manual_seed(0)
     model = get_model("DiffGM")(config, train._dataset)
     trainer = GenerativeTrainer(config, model)
-    users = min(args.users or len(test._dataset), len(test._dataset))
-    estimate = memory.eval_batch_bytes(config, model, args.eval_batch_size, max_users=users)
-    rows: list[dict] = []
+    total = min(args.users or len(test._dataset), len(test._dataset))
+    first, last = part_range(total, args.part, args.parts)
+    progress = load_progress(args, args.part)
+    progress.update(first_user=first, last_user=last, test_users=len(test._dataset),
+                    estimate=memory.eval_batch_bytes(config, model, args.eval_batch_size, max_users=total) / 2**30,
+                    recipe=args.recipe or "DiffGM defaults", eval_level=model.eval_level, machine=machine(),
+                    weights=sum(p.numel() for p in model.parameters()))
+    start_user = first + users_done(progress)
+    if start_user >= last:
+        return progress
+    dataset = test._dataset.copy(test._dataset.inter_feat[start_user:last])  # the users not measured yet
+    users = FullSortEvalDataLoader(config, dataset, test._sampler, shuffle=False)
+    run = {"first_user": start_user, "baseline": rss_gib()["VmRSS"], "rows": []}
+    progress["runs"].append(run)
     collect = trainer.eval_collector.eval_batch_collect
     start = time.perf_counter()
 
     def collect_and_record(scores, interaction, positive_u, positive_i):  # once per batch, after its scores
         collect(scores, interaction, positive_u, positive_i)
-        done = (rows[-1]["users"] if rows else 0) + len(interaction)
-        rows.append({"users": done, "seconds": time.perf_counter() - start, **rss_gib()})
-        if done >= users:
+        done = (run["rows"][-1]["users"] if run["rows"] else 0) + len(interaction)
+        run["rows"].append({"users": done, "seconds": time.perf_counter() - start, **rss_gib()})
+        save_progress(args, progress)
+        if start_user + done >= last:
             raise _Enough
 
     trainer.eval_collector.eval_batch_collect = collect_and_record
-    baseline = rss_gib()["VmRSS"]
     reset_peak()
     try:
-        trainer.evaluate(test, load_best_model=False)
+        trainer.evaluate(users, load_best_model=False)
     except _Enough:
         pass
     available, source = memory.available_memory(torch.device("cpu"))
-    return {"rows": rows, "baseline": baseline, "estimate": estimate / 2**30, "test_users": len(test._dataset),
-            "available": available / 2**30, "source": source, "eval_level": model.eval_level,
-            "recipe": args.recipe or "DiffGM defaults", "weights": sum(p.numel() for p in model.parameters())}
+    progress.update(available=available / 2**30, source=source)
+    save_progress(args, progress)
+    return progress
 
 
-def report(args, result: dict) -> str:
-    rows, baseline, estimate = result["rows"], result["baseline"], result["estimate"]
-    peak = rows[-1]["VmHWM"]
-    growth = peak - baseline
-    shown = sorted({2**power - 1 for power in range(len(rows).bit_length())} | {len(rows) - 1})  # batch 1, 2, 4, ...
+def part_range(users: int, part: int, parts: int) -> tuple[int, int]:
+    """The i-th (1-based) of ``parts`` contiguous shares of ``users``, as even as possible."""
+    return (part - 1) * users // parts, part * users // parts
+
+
+def report(args) -> str:
+    parts = [load_progress(args, part) for part in range(1, args.parts + 1)]
+    measured = [part for part in parts if any(run["rows"] for run in part["runs"])]
+    if not measured:
+        raise SystemExit(f"nothing measured yet in {progress_file(args, 1).parent}")
+    info = measured[0]
+    runs = [(part, run) for part in measured for run in part["runs"] if run["rows"]]
+    growths = [run["rows"][-1]["VmHWM"] - run["baseline"] for _, run in runs]
+    peak = max(run["rows"][-1]["VmHWM"] for _, run in runs)
+    growth, estimate = max(growths), info["estimate"]
+    done = sum(users_done(part) for part in parts)
+    total = info["test_users"] if not args.users else min(args.users, info["test_users"])
+    threads = f"--threads={args.threads}" + (f" --users={args.users}" if args.users else "")
+    commands = [f"python benchmarks/eval_memory.py {threads} --eval_batch_size={args.eval_batch_size} "
+                f"--beam={args.beam} --part={part}/{args.parts}" for part in range(1, args.parts + 1)]
     lines = [
         "# Evaluation memory: paper-size DiffGM, beam 256, amazon-beauty",
         "",
-        f"Command: `python benchmarks/eval_memory.py {' '.join(sys.argv[1:])}`  ",
-        f"Machine: {machine()}; {args.threads} threads  ",
-        (f"Model: DiffGM, {result['recipe']} (eval_level {result['eval_level']}), {result['weights']:,} weights, "
+        "Commands (one process each, side by side; each resumes where it stopped):",
+        "",
+        "```bash",
+        *[f"OMP_NUM_THREADS={args.threads} {command}" for command in commands],
+        "```",
+        "",
+        f"Machine: {info['machine']}; {args.threads} threads a process  ",
+        (f"Model: DiffGM, {info['recipe']} (eval_level {info['eval_level']}), {info['weights']:,} weights, "
          "untrained (memory depends on shapes, not weights); shipped SIDs  "),
-        (f"Evaluated: {rows[-1]['users']:,} of {result['test_users']:,} test users, eval_batch_size "
-         f"{args.eval_batch_size}, test beam {args.beam}"),
+        (f"Evaluated: {done:,} of {total:,} test users ({info['test_users']:,} in the split), eval_batch_size "
+         f"{args.eval_batch_size}, test beam {args.beam}" + ("" if done == total else ": **not finished**")),
         "",
         "| figure | GiB |",
         "|---|---|",
-        f"| resident before the evaluation (Python, torch, RecBole, dataset, model) | {baseline:.2f} |",
-        f"| peak resident during the evaluation (VmHWM) | {peak:.2f} |",
-        f"| peak growth over the resident before | {growth:.2f} |",
+        f"| peak resident of any process during its evaluation (VmHWM) | {peak:.2f} |",
+        f"| largest peak growth over the resident before the evaluation | {growth:.2f} |",
         f"| estimate of one batch (`recbole_diffgm.trainer.memory.eval_batch_bytes`) | {estimate:.2f} |",
         f"| growth / estimate | {growth / estimate:.2f} |",
         (f"| the check's need: estimate x {memory.SAFETY} + {memory.OVERHEAD / 2**30:.2f} | "
          f"{memory.SAFETY * estimate + memory.OVERHEAD / 2**30:.2f} |"),
-        f"| available when the run ended ({result['source']}) | {result['available']:.2f} |",
+        f"| the parts side by side ({len(measured)} of {args.parts} measured): the sum of their peaks | "
+        f"{sum(max(run['rows'][-1]['VmHWM'] for run in part['runs'] if run['rows']) for part in measured):.2f} |",
+        f"| available when the last process ended ({info.get('source', 'not read')}) | {info.get('available', 0):.2f} |",
         "",
-        "Peak resident memory against the users evaluated so far (a plateau after the first batch: each batch",
-        "allocates the same working set and frees it; what accumulates, the top-k lists, is a few MB):",
+        "Each process: the users it evaluated, its resident memory before the evaluation (Python, torch, RecBole,",
+        "dataset, model) and its peak (a plateau after the first batch: each batch allocates the same working set",
+        "and frees it; what accumulates, the top-k lists, is a few MB):",
         "",
-        "| batches | users | peak resident GiB | growth GiB | seconds |",
-        "|---|---|---|---|---|",
+        "| part | users | resident before GiB | peak GiB | growth GiB | batches | seconds | s / user |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    for (part, run), growth in zip(runs, growths):
+        rows, first = run["rows"], run["first_user"]
+        lines.append(f"| {part['part']}/{args.parts} | {first:,}–{first + rows[-1]['users'] - 1:,} | "
+                     f"{run['baseline']:.2f} | {rows[-1]['VmHWM']:.2f} | {growth:.2f} | {len(rows)} | "
+                     f"{rows[-1]['seconds']:,.0f} | {rows[-1]['seconds'] / rows[-1]['users']:.2f} |")
+    _, longest = max(runs, key=lambda item: len(item[1]["rows"]))
+    rows = longest["rows"]
+    shown = sorted({2**power - 1 for power in range(len(rows).bit_length())} | {len(rows) - 1})  # batch 1, 2, 4, ...
+    lines += ["", "The peak against the batches evaluated, in the process with the most batches:", "",
+              "| batches | users | peak resident GiB | growth GiB | seconds |", "|---|---|---|---|---|"]
     for index in shown:
         row = rows[index]
-        lines.append(f"| {index + 1} | {row['users']:,} | {row['VmHWM']:.2f} | {row['VmHWM'] - baseline:.2f} | "
-                     f"{row['seconds']:,.0f} |")
+        lines.append(f"| {index + 1} | {row['users']:,} | {row['VmHWM']:.2f} | {row['VmHWM'] - longest['baseline']:.2f} "
+                     f"| {row['seconds']:,.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -126,13 +208,20 @@ def main() -> None:
     parser.add_argument("--dataset", default="amazon-beauty")
     parser.add_argument("--recipe", default="DiffGM-release", help="a recipe of properties/recipes ('' for none)")
     parser.add_argument("--users", type=int, default=0, help="the first N test users (whole batches); 0 = all")
+    parser.add_argument("--part", default="1/1", help="i/n: the i-th of n contiguous shares of the users")
+    parser.add_argument("--report", action="store_true", help="only write the report of what the parts measured")
     parser.add_argument("--eval_batch_size", type=int, default=512)
     parser.add_argument("--beam", type=int, default=256)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", default="results/eval-memory.md")
     args = parser.parse_args()
+    args.part, args.parts = (int(number) for number in args.part.split("/"))
+    if not 1 <= args.part <= args.parts:
+        parser.error(f"--part={args.part}/{args.parts}: i must be between 1 and n")
     torch.set_num_threads(args.threads)
-    text = report(args, measure(args))
+    if not args.report:
+        measure(args)
+    text = report(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(text)  # a script's report, not library logging
