@@ -147,6 +147,7 @@ def report(args) -> str:
     growths = [run["rows"][-1]["VmHWM"] - run["baseline"] for _, run in runs]
     peak = max(run["rows"][-1]["VmHWM"] for _, run in runs)
     growth, estimate = max(growths), info["estimate"]
+    side_by_side = sum(max(run["rows"][-1]["VmHWM"] for run in part["runs"] if run["rows"]) for part in measured)
     done = sum(users_done(part) for part in parts)
     total = info["test_users"] if not args.users else min(args.users, info["test_users"])
     threads = f"--threads={args.threads}" + (f" --users={args.users}" if args.users else "")
@@ -175,8 +176,7 @@ def report(args) -> str:
         f"| growth / estimate | {growth / estimate:.2f} |",
         (f"| the check's need: estimate x {memory.SAFETY} + {memory.OVERHEAD / 2**30:.2f} | "
          f"{memory.SAFETY * estimate + memory.OVERHEAD / 2**30:.2f} |"),
-        f"| the parts side by side ({len(measured)} of {args.parts} measured): the sum of their peaks | "
-        f"{sum(max(run['rows'][-1]['VmHWM'] for run in part['runs'] if run['rows']) for part in measured):.2f} |",
+        f"| the parts side by side ({len(measured)} of {args.parts} measured): the sum of their peaks | {side_by_side:.2f} |",
         f"| available when the last process ended ({info.get('source', 'not read')}) | {info.get('available', 0):.2f} |",
         "",
         "Each process: the users it evaluated, its resident memory before the evaluation (Python, torch, RecBole,",

@@ -12,6 +12,7 @@ from recbole.trainer import Trainer
 
 from recbole_diffgm import InputError, run_recbole_diffgm
 from recbole_diffgm.trainer import parse_duration
+from recbole_diffgm.trainer.plugin import epochs_the_budget_allows
 
 
 def diffgm(tiny_config, **settings) -> dict:
@@ -73,3 +74,10 @@ def test_valid_metric_weights_select_for_recbole_models_too(fast_config):
     assert result["best_valid_score"] == pytest.approx(0.5 * valid["ndcg@10"] + 0.5 * valid["recall@10"])
     with pytest.raises(InputError, match=r"valid_metric_weights names \['hit@10'\]"):
         run_recbole_diffgm("SASRec", "beauty-slice", config_dict={**fast_config, "valid_metric_weights": {"hit@10": 1}})
+
+
+def test_a_run_trains_another_epoch_while_one_more_at_the_mean_cost_fits_its_budget():
+    assert epochs_the_budget_allows(budget=60, spent=20, epochs_trained=4) == 8  # 5 s an epoch, 40 s left
+    assert epochs_the_budget_allows(budget=60, spent=56, epochs_trained=4) == 0  # 14 s an epoch, 4 s left
+    assert epochs_the_budget_allows(budget=60, spent=45, epochs_trained=3) == 1  # exactly one more fits
+    assert epochs_the_budget_allows(budget=60, spent=70, epochs_trained=5) == 0  # over budget already

@@ -117,4 +117,5 @@ def test_each_epoch_after_the_first_logs_the_time_left(tiny_config, tmp_path, ca
         run_recbole_diffgm("DiffGM", NAME, config_dict={**run_config(tiny_config, tmp_path, "clock"), "epochs": 3})
     lines = [line for line in caplog.text.splitlines() if "min per epoch so far" in line]
     assert len(lines) == 2 and "epoch 1/3:" in lines[0] and "epoch 2/3:" in lines[1]
-    assert all("min left, less if early stopping ends it" in line for line in lines)
+    assert all("min left" in line and "less if early stopping ends it" in line for line in lines)
+    assert "(2 epochs to the epoch cap)" in lines[0] and "(1 epoch to the epoch cap)" in lines[1]

@@ -63,6 +63,12 @@ class _BudgetSpent(Exception):
     """Raised between epochs when the next epoch would end past ``time_budget``."""
 
 
+def epochs_the_budget_allows(budget: float, spent: float, epochs_trained: int) -> int:
+    """Further epochs a run trains before ``_check_budget`` stops it: it starts another while one more epoch at the
+    mean cost so far still fits in the budget."""
+    return max(0, int((budget - spent) // (spent / epochs_trained)))
+
+
 class PluginTrainerMixin(CheckpointMixin):
     """What every trainer of this plugin adds to RecBole's (mixed into GenerativeTrainer and into RecBole's
     trainers by ``utils.get_trainer``): resumable runs and atomic checkpoints (``CheckpointMixin``), a time-left
@@ -155,7 +161,7 @@ class PluginTrainerMixin(CheckpointMixin):
         if not self.config["single_spec"]:  # under DDP every rank stops where rank 0 does, or the others would hang
             torch.distributed.broadcast_object_list(spent, src=0)
         spent = spent[0]
-        if spent + spent / self.epochs_trained > self.time_budget:
+        if not epochs_the_budget_allows(self.time_budget, spent, self.epochs_trained):
             self.logger.info(f"time budget: {spent / 60:.1f} of {self.time_budget / 60:.1f} min "
                              f"({self.config['time_budget_clock']} clock) spent and an epoch takes "
                              f"{spent / self.epochs_trained / 60:.1f} min: training stops; the best checkpoint is tested")
@@ -203,8 +209,14 @@ class PluginTrainerMixin(CheckpointMixin):
         first_epoch, started = self._epoch_clock
         per_epoch = (now - started) / (epoch_idx - first_epoch)
         epochs = self.config["epochs"]
+        left, limit = epochs - epoch_idx, "epoch cap"
+        if self.time_budget is not None and self.epochs_trained:
+            spent = self.training_seconds()[self.config["time_budget_clock"]]
+            budget_left = epochs_the_budget_allows(self.time_budget, spent, self.epochs_trained)
+            left, limit = min((left, limit), (budget_left, "time budget"))
         self.logger.info(f"epoch {epoch_idx}/{epochs}: {per_epoch / 60:.1f} min per epoch so far (with validation); "
-                         f"about {(epochs - epoch_idx) * per_epoch / 60:.0f} min left, less if early stopping ends it")
+                         f"about {left * per_epoch / 60:.0f} min left ({left} epoch{'s' * (left != 1)} to the "
+                         f"{limit}), less if early stopping ends it")
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         check_trainer_memory(self, train_data, training=True)  # an evaluation batch that cannot fit: before epoch 0
