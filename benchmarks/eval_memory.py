@@ -16,7 +16,7 @@ after the first batch (it should: every batch allocates the same working set and
 ``recbole_diffgm.trainer.memory``'s estimate of one batch, which the run's pre-check (``check_eval_memory``)
 compares with the available memory. Writes ``--out`` (markdown) with the commands.
 
-The whole test split is hours of one core (about 0.8 s a user at beam 256), so a run records every finished batch
+The whole test split is hours of one core (0.35-0.8 s a user at beam 256), so a run records every finished batch
 in ``<out>.progress/`` (atomically) and the same command resumes after the last one: a batch cut short is
 evaluated again, never counted twice. Each process that ran a part is reported with its own peak.
 """
@@ -177,7 +177,8 @@ def report(args) -> str:
         (f"| the check's need: estimate x {memory.SAFETY} + {memory.OVERHEAD / 2**30:.2f} | "
          f"{memory.SAFETY * estimate + memory.OVERHEAD / 2**30:.2f} |"),
         f"| the parts side by side ({len(measured)} of {args.parts} measured): the sum of their peaks | {side_by_side:.2f} |",
-        f"| available when the last process ended ({info.get('source', 'not read')}) | {info.get('available', 0):.2f} |",
+        (f"| available when the last process ended ({info['source']}) | {info['available']:.2f} |" if "available" in info
+         else "| available when the last process ended | – (not read: no part ran to its end) |"),
         "",
         "Each process: the users it evaluated, its resident memory before the evaluation (Python, torch, RecBole,",
         "dataset, model) and its peak (a plateau after the first batch: each batch allocates the same working set",
