@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import tempfile
 import time
@@ -37,7 +36,7 @@ from recbole.data.dataloader import FullSortEvalDataLoader
 from sid_build import machine  # a sibling script
 
 from recbole_diffgm import Config, create_dataset, get_model
-from recbole_diffgm.benchmark import recipe_file
+from recbole_diffgm.benchmark import _write_json_atomically, recipe_file
 from recbole_diffgm.trainer import GenerativeTrainer, memory
 
 
@@ -65,19 +64,23 @@ def progress_file(args, part: int) -> Path:
 
 
 def load_progress(args, part: int) -> dict:
+    """The part's measurements so far; those of other settings are never resumed nor overwritten."""
     path = progress_file(args, part)
     stored = json.loads(path.read_text()) if path.is_file() else None
-    if stored and stored["settings"] == settings(args):
-        return stored
-    return {"settings": settings(args), "part": part, "parts": args.parts, "runs": []}
+    if stored is None:
+        return {"settings": settings(args), "part": part, "parts": args.parts, "runs": []}
+    changed = [f"--{key}={stored['settings'].get(key)} there, {value} now"
+               for key, value in settings(args).items() if stored["settings"].get(key) != value]
+    if changed:
+        raise SystemExit(f"{path} holds measurements of other settings ({'; '.join(changed)}): rerun with "
+                         "those settings, or pass another --out to measure these")
+    return stored
 
 
 def save_progress(args, progress: dict) -> None:
     path = progress_file(args, progress["part"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(progress, indent=1))
-    partial.replace(path)
+    _write_json_atomically(progress, path)
 
 
 def users_done(progress: dict) -> int:
@@ -86,6 +89,7 @@ def users_done(progress: dict) -> int:
 
 def measure(args) -> dict:
     """Evaluate this part's users not measured yet, recording each batch in the part's progress file."""
+    progress = load_progress(args, args.part)  # settings checked before the dataset loads
     work = Path(tempfile.mkdtemp(prefix="eval-memory-"))
     files = [str(recipe_file(args.recipe))] if args.recipe else []
     config = Config("DiffGM", args.dataset, config_file_list=files, config_dict={
@@ -97,7 +101,6 @@ def measure(args) -> dict:
     trainer = GenerativeTrainer(config, model)
     total = min(args.users or len(test._dataset), len(test._dataset))
     first, last = part_range(total, args.part, args.parts)
-    progress = load_progress(args, args.part)
     progress.update(first_user=first, last_user=last, test_users=len(test._dataset),
                     estimate=memory.eval_batch_bytes(config, model, args.eval_batch_size, max_users=total) / 2**30,
                     recipe=args.recipe or "DiffGM defaults", eval_level=model.eval_level, machine=machine(),
@@ -216,6 +219,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", default="results/eval-memory.md")
     args = parser.parse_args()
+    if not re.fullmatch(r"\d+/\d+", args.part):
+        parser.error(f"--part={args.part}: write i/n, e.g. 1/2")
     args.part, args.parts = (int(number) for number in args.part.split("/"))
     if not 1 <= args.part <= args.parts:
         parser.error(f"--part={args.part}/{args.parts}: i must be between 1 and n")
