@@ -213,7 +213,8 @@ class PluginTrainerMixin(CheckpointMixin):
         if self.time_budget is not None and self.epochs_trained:
             spent = self.training_seconds()[self.config["time_budget_clock"]]
             budget_left = epochs_the_budget_allows(self.time_budget, spent, self.epochs_trained)
-            left, limit = min((left, limit), (budget_left, "time budget"))
+            if budget_left < left:
+                left, limit = budget_left, "time budget"
         self.logger.info(f"epoch {epoch_idx}/{epochs}: {per_epoch / 60:.1f} min per epoch so far (with validation); "
                          f"about {left * per_epoch / 60:.0f} min left ({left} epoch{'s' * (left != 1)} to the "
                          f"{limit}), less if early stopping ends it")
