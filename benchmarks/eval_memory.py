@@ -56,7 +56,9 @@ class _Enough(Exception):
 
 def settings(args) -> dict:
     """What a part's measurement depends on: a progress file of other settings is never resumed."""
-    return {key: getattr(args, key) for key in ("dataset", "recipe", "users", "eval_batch_size", "beam", "threads")}
+    chosen = {key: getattr(args, key) for key in ("dataset", "recipe", "users", "eval_batch_size", "beam", "threads")}
+    # config_files only when given: the progress files written before it existed resume
+    return {**chosen, "config_files": args.config_files} if args.config_files else chosen
 
 
 def progress_file(args, part: int) -> Path:
@@ -69,8 +71,9 @@ def load_progress(args, part: int) -> dict:
     stored = json.loads(path.read_text()) if path.is_file() else None
     if stored is None:
         return {"settings": settings(args), "part": part, "parts": args.parts, "runs": []}
-    changed = [f"--{key}={stored['settings'].get(key)} there, {value} now"
-               for key, value in settings(args).items() if stored["settings"].get(key) != value]
+    now = settings(args)
+    changed = [f"--{key}={stored['settings'].get(key)} there, {now.get(key)} now"
+               for key in {**stored["settings"], **now} if stored["settings"].get(key) != now.get(key)]
     if changed:
         raise SystemExit(f"{path} holds measurements of other settings ({'; '.join(changed)}): rerun with "
                          "those settings, or pass another --out to measure these")
@@ -91,7 +94,7 @@ def measure(args) -> dict:
     """Evaluate this part's users not measured yet, recording each batch in the part's progress file."""
     progress = load_progress(args, args.part)  # settings checked before the dataset loads
     work = Path(tempfile.mkdtemp(prefix="eval-memory-"))
-    files = [str(recipe_file(args.recipe))] if args.recipe else []
+    files = ([str(recipe_file(args.recipe))] if args.recipe else []) + args.config_files.split()
     config = Config("DiffGM", args.dataset, config_file_list=files, config_dict={
         "eval_batch_size": args.eval_batch_size, "test_beam_size": args.beam, "checkpoint_dir": str(work),
         "show_progress": False, "state": "WARNING", "eval_memory_check": False})  # measured, not refused
@@ -153,11 +156,13 @@ def report(args) -> str:
     side_by_side = sum(max(run["rows"][-1]["VmHWM"] for run in part["runs"] if run["rows"]) for part in measured)
     done = sum(users_done(part) for part in parts)
     total = info["test_users"] if not args.users else min(args.users, info["test_users"])
-    threads = f"--threads={args.threads}" + (f" --users={args.users}" if args.users else "")
+    threads = (f"--threads={args.threads}" + (f" --users={args.users}" if args.users else "")
+               + (f" --recipe='{args.recipe}'" if args.recipe != "DiffGM-release" else "")
+               + (f" --config_files='{args.config_files}'" if args.config_files else ""))
     commands = [f"python benchmarks/eval_memory.py {threads} --eval_batch_size={args.eval_batch_size} "
                 f"--beam={args.beam} --part={part}/{args.parts}" for part in range(1, args.parts + 1)]
     lines = [
-        "# Evaluation memory: paper-size DiffGM, beam 256, amazon-beauty",
+        f"# Evaluation memory: DiffGM ({info['recipe']}), beam {args.beam}, {args.dataset}",
         "",
         "Commands (one process each, side by side; each resumes where it stopped):",
         "",
@@ -217,6 +222,7 @@ def main() -> None:
     parser.add_argument("--eval_batch_size", type=int, default=512)
     parser.add_argument("--beam", type=int, default=256)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--config_files", default="", help="more RecBole yaml files, space-separated (after the recipe)")
     parser.add_argument("--out", default="results/eval-memory.md")
     args = parser.parse_args()
     if not re.fullmatch(r"\d+/\d+", args.part):
