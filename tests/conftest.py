@@ -96,14 +96,22 @@ def fast_config(slice_root, tmp_path, monkeypatch) -> dict:
     }
 
 
+@pytest.fixture(scope="session")
+def shared_sid_cache(tmp_path_factory) -> Path:
+    """One embedding and SID cache for the session's tiny runs: its files are keyed by the texts and every setting
+    that determines them, so runs share it as a user's runs do (tests of the cache itself use a folder of their own)."""
+    return tmp_path_factory.mktemp("sid_cache")
+
+
 @pytest.fixture
-def tiny_config(tmp_path, monkeypatch):
+def tiny_config(tmp_path, monkeypatch, shared_sid_cache):
     """A config_dict for a small DiffGM on the tiny catalogue of test_sid (8 codes per digit)."""
     monkeypatch.chdir(tmp_path)
     write_tiny(tmp_path / "data")
     return {
         "data_path": str(tmp_path / "data"),
         "checkpoint_dir": str(tmp_path / "saved"),
+        "sid_cache_dir": str(shared_sid_cache),
         "field_separator": "\t",
         "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "title", "price"]},
         "codebook_size": 8,

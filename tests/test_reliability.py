@@ -21,8 +21,8 @@ from recbole_diffgm.trainer import resume_file_of
 
 
 def run_config(tiny_config, tmp_path, name: str) -> dict:
-    return {**tiny_config, "checkpoint_dir": str(tmp_path / name), "sid_cache_dir": str(tmp_path / "sid_cache"),
-            "epochs": 6, "eval_step": 1, "stopping_step": 10, "warmup_steps": 4, "learning_rate": 0.01}
+    return {**tiny_config, "checkpoint_dir": str(tmp_path / name), "epochs": 6, "eval_step": 1, "stopping_step": 10,
+            "warmup_steps": 4, "learning_rate": 0.01}
 
 
 def weights(model_file) -> dict[str, torch.Tensor]:
