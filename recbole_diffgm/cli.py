@@ -53,15 +53,19 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
                            help="tune every model first with the same Ray Tune budget (e.g. 8 or 8,30m), then "
                                 "benchmark the best configs")
     benchmark.add_argument("--params_dir", default=None,
-                           help="folder of <Model>.test search spaces for --tune_budget (default: the installed properties/hyper)")
+                           help="folder of <Model>.test search spaces for --tune_budget "
+                                "(default: the installed properties/hyper)")
     search = parser.add_argument_group("hyperparameter search with Ray Tune (--params_file=hyper.test)")
     search.add_argument("--params_file", default=None, help="RecBole-style search space; searches instead of one run")
     search.add_argument("--num_samples", type=int, default=10, help="trials (default: %(default)s)")
     search.add_argument("--tune_dir", default="tune", help="results folder (default: %(default)s)")
-    search.add_argument("--tune_name", default=None, help="search name, a subfolder of --tune_dir (default: <model>-<dataset>)")
+    search.add_argument("--tune_name", default=None,
+                        help="search name, a subfolder of --tune_dir (default: <model>-<dataset>)")
     search.add_argument("--ray_address", default=None, help="a Ray cluster to run on (default: a local Ray)")
-    search.add_argument("--cpus_per_trial", type=float, default=1, help="CPUs per trial: a fraction up to 1 or a whole number (default: 1)")
-    search.add_argument("--gpus_per_trial", type=float, default=None, help="GPUs per trial: a fraction up to 1 or a whole number (default: 1 with CUDA, else 0)")
+    search.add_argument("--cpus_per_trial", type=float, default=1,
+                        help="CPUs per trial: a fraction up to 1 or a whole number (default: 1)")
+    search.add_argument("--gpus_per_trial", type=float, default=None,
+                        help="GPUs per trial: a fraction up to 1 or a whole number (default: 1 with CUDA, else 0)")
     search.add_argument("--max_concurrent_trials", type=int, default=None,
                         help="trials at a time (default: as many as the CPUs/GPUs allow)")
     search.add_argument("--no_early_stopping", action="store_true", help="no ASHA: every trial trains to the end")

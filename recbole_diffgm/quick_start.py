@@ -54,9 +54,9 @@ def run_recbole_diffgm(model=None, dataset=None, config_file_list=None, config_d
     Returns:
         dict: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``,
         ``train_seconds``, ``train_cpu_seconds`` (this process's CPU time; both without validation, across
-        resumes), ``valid_seconds`` (validation, wall), ``epochs_run``, ``best_epoch``, ``stop_reason`` (``patience``, ``epoch cap`` or ``time budget``),
-        ``curve`` (a row per validation: epoch, training seconds so far, every validation metric) and its
-        ``curve_file``, ``test_seconds`` (loading the best checkpoint and scoring every test user),
+        resumes), ``valid_seconds`` (validation, wall), ``epochs_run``, ``best_epoch``, ``stop_reason``
+        (``patience``, ``epoch cap`` or ``time budget``), ``curve`` (a row per validation: epoch, training seconds
+        so far, every validation metric) and its ``curve_file``, ``test_seconds`` (loading the best checkpoint and scoring every test user),
         ``test_users``, ``parameters``, ``device`` and ``model_file`` (``None`` when not saved); with several
         processes, rank 0's.
     """
@@ -65,11 +65,12 @@ def run_recbole_diffgm(model=None, dataset=None, config_file_list=None, config_d
             raise InputError(f"resume file not found: {resume_file}")
         stored = load_checkpoint(resume_file)["config"]
         model = stored["model"]
+        processes = 1 if stored["single_spec"] else stored["world_size"]
         if nproc == 1 and world_size <= 0 and not stored["single_spec"]:  # a DDP run resumes as it ran
             nproc, world_size = stored["nproc"], stored["world_size"]
-        elif (world_size if world_size > 0 else nproc) != (1 if stored["single_spec"] else stored["world_size"]):
-            raise InputError(f"{resume_file} is the state of a run of {stored['world_size'] if not stored['single_spec'] else 1} "
-                             f"process(es): resume it with as many (its shuffling and budget are per process)")
+        elif (world_size if world_size > 0 else nproc) != processes:
+            raise InputError(f"{resume_file} is the state of a run of {processes} process(es): resume it with as "
+                             "many (its shuffling and budget are per process)")
     if nproc == 1 and world_size <= 0:
         return _run(model, dataset, config_file_list, config_dict, saved, callback_fn, test, resume_file)
     distributed = {"world_size": nproc if world_size == -1 else world_size, "ip": ip, "port": str(port),

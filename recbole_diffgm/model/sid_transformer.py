@@ -2,9 +2,9 @@
 
 A history item is the MLP of its digits' embeddings, plus its position; a bidirectional encoder reads the
 items (packed: padding costs nothing); decoder blocks over the target's digit slots attend to each other
-and, with a padding mask and their own attention weights (``decoder_cross_attention``), to the history. Slot ``s`` is scored against digit ``s``'s code embeddings, the
-same table that embeds the digits (weight tying), and one final LayerNorm serves encoder and decoder (the
-released DiffGRM code).
+and, with a padding mask and their own attention weights (``decoder_cross_attention``), to the history. Slot
+``s`` is scored against digit ``s``'s code embeddings, the same table that embeds the digits (weight tying), and
+one final LayerNorm serves encoder and decoder (the released DiffGRM code).
 """
 
 from __future__ import annotations
