@@ -35,7 +35,7 @@ from recbole.data import data_preparation
 from recbole.data.dataloader import FullSortEvalDataLoader
 from sid_build import machine  # a sibling script
 
-from recbole_diffgm import Config, create_dataset, get_model
+from recbole_diffgm import Config, InputError, create_dataset, get_model
 from recbole_diffgm.benchmark import _write_json_atomically, recipe_file
 from recbole_diffgm.trainer import GenerativeTrainer, memory
 
@@ -184,7 +184,8 @@ def report(args) -> str:
         f"| growth / estimate | {growth / estimate:.2f} |",
         (f"| the check's need: estimate x {memory.SAFETY} + {memory.OVERHEAD / 2**30:.2f} | "
          f"{memory.SAFETY * estimate + memory.OVERHEAD / 2**30:.2f} |"),
-        f"| the parts side by side ({len(measured)} of {args.parts} measured): the sum of their peaks | {side_by_side:.2f} |",
+        f"| the parts side by side ({len(measured)} of {args.parts} measured): the sum of their peaks | "
+        f"{side_by_side:.2f} |",
         (f"| available when the last process ended ({info['source']}) | {info['available']:.2f} |" if "available" in info
          else "| available when the last process ended | – (not read: no part ran to its end) |"),
         "",
@@ -222,7 +223,8 @@ def main() -> None:
     parser.add_argument("--eval_batch_size", type=int, default=512)
     parser.add_argument("--beam", type=int, default=256)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--config_files", default="", help="more RecBole yaml files, space-separated (after the recipe)")
+    parser.add_argument("--config_files", default="",
+                        help="more RecBole yaml files, space-separated (after the recipe)")
     parser.add_argument("--out", default="results/eval-memory.md")
     args = parser.parse_args()
     if not re.fullmatch(r"\d+/\d+", args.part):
@@ -232,7 +234,10 @@ def main() -> None:
         parser.error(f"--part={args.part}/{args.parts}: i must be between 1 and n")
     torch.set_num_threads(args.threads)
     if not args.report:
-        measure(args)
+        try:
+            measure(args)
+        except InputError as error:  # a file or a setting of the run: its own line, not a traceback
+            raise SystemExit(f"error: {error}") from None
     text = report(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from recbole_diffgm.errors import InputError
 
@@ -92,9 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = _parse(sys.argv[1:] if argv is None else argv)
     config_files = args.config_files.split() if args.config_files else None
     try:
-        for file in config_files or []:
-            if not Path(file).is_file():
-                raise InputError(f"config file not found: {file}")
         # Imported here so that --help and argument errors answer without loading torch and RecBole.
         from recbole_diffgm.quick_start import build_item_sids, run_recbole_diffgm
 

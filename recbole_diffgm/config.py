@@ -57,6 +57,12 @@ class Config(recbole.config.Config):
     files (``_fit_defaults_to_files``); ``resolved_defaults`` says what was chosen, for the log.
     """
 
+    def _load_config_files(self, file_list):
+        missing = [str(file) for file in file_list or [] if not Path(file).is_file()]
+        if missing:
+            raise InputError(f"config file not found: {', '.join(missing)}")
+        return super()._load_config_files(file_list)
+
     def _get_model_and_dataset(self, model, dataset):
         if model is None:
             model = self.external_config_dict.get("model")

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from conftest import SCRIPT
 
-from recbole_diffgm import get_model
+from recbole_diffgm import InputError, get_model
 from recbole_diffgm.benchmark import Row
 from recbole_diffgm.config import PROPERTIES_DIR, Config, model_property_files
 
@@ -92,3 +92,11 @@ def test_the_item_level_recipe_is_the_ablation_winner_in_one_file():
     differing = {key for key in winner.keys() | recipe.keys() if winner.get(key) != recipe.get(key)}
     assert differing == {"decode_passes"}  # CPD's passes, which one-pass scoring without re-scoring never runs
     assert recipe["decode_mode"] == "one_pass" and recipe["rerank_size"] == 0
+
+
+def test_a_missing_config_file_is_named_wherever_the_config_is_built(tmp_path):
+    present = tmp_path / "present.yaml"
+    present.write_text("epochs: 3\n")
+    with pytest.raises(InputError, match=f"config file not found: {tmp_path / 'nowhere.yaml'}$"):
+        Config("SASRec", "amazon-beauty", config_file_list=[str(present), str(tmp_path / "nowhere.yaml")])
+    assert Config("SASRec", "amazon-beauty", config_file_list=[str(present)])["epochs"] == 3

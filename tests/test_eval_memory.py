@@ -23,8 +23,7 @@ def eval_memory(tiny_config, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports a sibling script
     threads = torch.get_num_threads()
 
-    def run(*flags: str) -> str:
-        out = tmp_path / "eval-memory.md"
+    def run(*flags: str, out: Path = tmp_path / "eval-memory.md") -> str:
         monkeypatch.setattr(sys, "argv", ["eval_memory.py", f"--dataset={NAME}", "--recipe=",
                                           f"--config_files={config_file}", "--threads=1", "--beam=8",
                                           f"--out={out}", *flags])
@@ -62,3 +61,8 @@ def test_parts_cover_the_split_once_and_a_batch_cut_short_is_measured_again(eval
     with pytest.raises(SystemExit, match=r"part-1-of-2.json holds measurements of other settings "
                                          r"\(--eval_batch_size=8 there, 4 now\)"):
         eval_memory("--eval_batch_size=4", "--part=1/2")
+
+
+def test_a_missing_config_file_is_named_in_one_line(eval_memory, tmp_path):
+    with pytest.raises(SystemExit, match=f"^error: config file not found: {tmp_path / 'nowhere.yaml'}$"):
+        eval_memory(f"--config_files={tmp_path / 'nowhere.yaml'}", out=tmp_path / "other.md")
