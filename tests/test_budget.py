@@ -4,6 +4,7 @@ selection rule (valid_metric_weights) for every model."""
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,15 @@ def test_a_run_trains_another_epoch_while_one_more_at_the_mean_cost_fits_its_bud
     assert epochs_the_budget_allows(budget=60, spent=56, epochs_trained=4) == 0  # 14 s an epoch, 4 s left
     assert epochs_the_budget_allows(budget=60, spent=45, epochs_trained=3) == 1  # exactly one more fits
     assert epochs_the_budget_allows(budget=60, spent=70, epochs_trained=5) == 0  # over budget already
+
+
+def test_the_time_left_counts_the_epochs_the_budget_allows_when_it_ends_the_run_first(tiny_config, caplog):
+    with caplog.at_level("INFO"):
+        result = run_recbole_diffgm("DiffGM", NAME, config_dict=diffgm(  # CPU time: steadier than wall on busy cores
+            tiny_config, epochs=300, stopping_step=300, time_budget="4s", time_budget_clock="process"))
+    assert result["stop_reason"] == "time budget"
+    lines = [line for line in caplog.text.splitlines() if "min per epoch so far" in line]
+    assert lines, "the budget ended the run before its second epoch"
+    for line in lines:
+        epoch, left = map(int, re.search(r"epoch (\d+)/300: .* \((\d+) epochs? to the time budget\)", line).groups())
+        assert left < 300 - epoch  # fewer than the epoch cap leaves

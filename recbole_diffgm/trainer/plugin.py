@@ -129,8 +129,9 @@ class PluginTrainerMixin(CheckpointMixin):
         if self._clock_start is None:
             self._clock_start = _now()
         self._close_epoch()
-        self._check_budget()
-        self._log_time_left(epoch_idx)
+        spent = self._budget_spent()
+        self._check_budget(spent)
+        self._log_time_left(epoch_idx, spent)
         self._epoch_idx = epoch_idx
         return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
 
@@ -154,18 +155,25 @@ class PluginTrainerMixin(CheckpointMixin):
     def validation_seconds(self) -> dict[str, float]:
         return dict(self._validating)
 
-    def _check_budget(self) -> None:
-        if self.time_budget is None or self.epochs_trained == 0 or self.best_valid_result is None:
-            return
+    def _budget_spent(self) -> float | None:
+        """Training seconds on ``time_budget_clock`` so far, rank 0's under DDP; ``None`` without a budget or
+        before the first epoch."""
+        if self.time_budget is None or self.epochs_trained == 0:
+            return None
         spent = [self.training_seconds()[self.config["time_budget_clock"]]]
         if not self.config["single_spec"]:  # under DDP every rank stops where rank 0 does, or the others would hang
             torch.distributed.broadcast_object_list(spent, src=0)
-        spent = spent[0]
-        if not epochs_the_budget_allows(self.time_budget, spent, self.epochs_trained):
-            self.logger.info(f"time budget: {spent / 60:.1f} of {self.time_budget / 60:.1f} min "
-                             f"({self.config['time_budget_clock']} clock) spent and an epoch takes "
-                             f"{spent / self.epochs_trained / 60:.1f} min: training stops; the best checkpoint is tested")
-            raise _BudgetSpent
+        return spent[0]
+
+    def _check_budget(self, spent: float | None) -> None:
+        if spent is None or self.best_valid_result is None:  # never before one validation
+            return
+        if epochs_the_budget_allows(self.time_budget, spent, self.epochs_trained):
+            return
+        self.logger.info(f"time budget: {spent / 60:.1f} of {self.time_budget / 60:.1f} min "
+                         f"({self.config['time_budget_clock']} clock) spent and an epoch takes "
+                         f"{spent / self.epochs_trained / 60:.1f} min: training stops; the best checkpoint is tested")
+        raise _BudgetSpent
 
     def _valid_epoch(self, valid_data, show_progress=False):
         start = _now()
@@ -201,7 +209,7 @@ class PluginTrainerMixin(CheckpointMixin):
         sign = 1 if self.valid_metric_bigger else -1
         return max(reversed(self.curve), key=lambda row: sign * row["valid_score"])["epoch"]
 
-    def _log_time_left(self, epoch_idx: int) -> None:
+    def _log_time_left(self, epoch_idx: int, spent: float | None) -> None:
         now = time.monotonic()
         if self._epoch_clock is None:
             self._epoch_clock = (epoch_idx, now)
@@ -210,8 +218,7 @@ class PluginTrainerMixin(CheckpointMixin):
         per_epoch = (now - started) / (epoch_idx - first_epoch)
         epochs = self.config["epochs"]
         left, limit = epochs - epoch_idx, "epoch cap"
-        if self.time_budget is not None and self.epochs_trained:
-            spent = self.training_seconds()[self.config["time_budget_clock"]]
+        if spent is not None:
             budget_left = epochs_the_budget_allows(self.time_budget, spent, self.epochs_trained)
             if budget_left < left:
                 left, limit = budget_left, "time budget"
