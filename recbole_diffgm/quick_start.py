@@ -56,9 +56,9 @@ def run_recbole_diffgm(model=None, dataset=None, config_file_list=None, config_d
         ``train_seconds``, ``train_cpu_seconds`` (this process's CPU time; both without validation, across
         resumes), ``valid_seconds`` (validation, wall), ``epochs_run``, ``best_epoch``, ``stop_reason``
         (``patience``, ``epoch cap`` or ``time budget``), ``curve`` (a row per validation: epoch, training seconds
-        so far, every validation metric) and its ``curve_file``, ``test_seconds`` (loading the best checkpoint and scoring every test user),
-        ``test_users``, ``parameters``, ``device`` and ``model_file`` (``None`` when not saved); with several
-        processes, rank 0's.
+        so far, every validation metric) and its ``curve_file``, ``test_seconds`` (loading the best checkpoint and
+        scoring every test user), ``test_users``, ``parameters``, ``device`` and ``model_file`` (``None`` when not
+        saved); with several processes, rank 0's.
     """
     if resume_file:
         if not Path(resume_file).is_file():
