@@ -362,6 +362,23 @@ def test_learning_rate_warms_up_then_follows_a_cosine(tiny_config):
     assert rates == pytest.approx(expected[len(train):])
 
 
+def test_the_cosine_spans_every_epoch_when_validation_starts_late(tiny_config):
+    """``fit`` trains the epochs before ``eval_start_epoch`` as a phase of their own; the schedule is the run's, one
+    warmup and one cosine over all ``epochs``, with no restart where validation begins."""
+    config = Config("DiffGM", NAME, config_dict={**tiny_config, "warmup_steps": 2, "epochs": 4, "eval_start_epoch": 2,
+                                                 "learning_rate": 0.01})
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    model = get_model("DiffGM")(config, train._dataset)
+    trainer = get_trainer(config["MODEL_TYPE"], "DiffGM")(config, model)
+    rates = []
+    trainer.optimizer.register_step_pre_hook(lambda optimizer, *_: rates.append(optimizer.param_groups[0]["lr"]))
+    trainer.fit(train, valid, saved=False)
+    total = 4 * len(train)
+    expected = [0.0, 0.005] + [0.005 * (1 + math.cos(math.pi * (step - 2) / (total - 2))) for step in range(2, total)]
+    assert trainer.curve and trainer.curve[0]["epoch"] == 2  # validated, from the third epoch on
+    assert rates == pytest.approx(expected)
+
+
 def test_sid_masked_metrics_rank_every_catalogue_sid(tiny_config):
     config = Config("DiffGM", NAME, config_dict={**tiny_config, "n_digit": 2, "eval_level": "sid_masked",
                                                  "test_beam_size": 128, "topk": [1, 5]})

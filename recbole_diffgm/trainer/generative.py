@@ -31,6 +31,9 @@ class GenerativeTrainer(PluginTrainerMixin, Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self.scheduler = None
+        # The cosine's plan reads the config's cap, never ``self.epochs``: ``fit`` lowers that for the epochs before
+        # the first validation, and a plan that followed it would decay to 0 there and jump back after.
+        self.epoch_cap = config["epochs"]
         self.metric_prefix = metric_prefix(model.eval_level)
         self.valid_metric = self.metric_prefix + self.valid_metric
 
@@ -51,12 +54,13 @@ class GenerativeTrainer(PluginTrainerMixin, Trainer):
         self.optimizer.register_step_post_hook(lambda *_: self.scheduler.step())
 
     def planned_epochs(self) -> int:
-        """The epochs the cosine decays over: ``epochs``, or with ``time_budget`` the epochs that fit in it at the
-        mean epoch time so far (re-planned after every epoch), so that a budgeted run ends with a decayed rate."""
+        """The epochs the cosine decays over: the config's ``epochs``, or with ``time_budget`` the epochs that fit in
+        it at the mean epoch time so far (re-planned after every epoch), so that a budgeted run ends with a decayed
+        rate. The same in both phases of ``fit`` (before and after the first validation)."""
         if self.time_budget is None or self.epochs_trained == 0:
-            return self.epochs
+            return self.epoch_cap
         per_epoch = self.training_seconds()[self.config["time_budget_clock"]] / self.epochs_trained
-        return max(self.epochs_trained + 1, min(self.epochs, int(self.time_budget // per_epoch)))
+        return max(self.epochs_trained + 1, min(self.epoch_cap, int(self.time_budget // per_epoch)))
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self._schedule_learning_rate(len(train_data))
