@@ -8,9 +8,10 @@ import pytest
 import torch
 from conftest import NAME
 from recbole.data import data_preparation
-from test_diffgm import path_score, toy_denoiser, train_steps
+from test_diffgm import every_sid, path_score, toy_denoiser, train_steps
 
 from recbole_diffgm import Config, create_dataset, get_model
+from recbole_diffgm.errors import InputError
 from recbole_diffgm.evaluation import digit_sum_scores
 from recbole_diffgm.model.decoding import (
     MASK,
@@ -21,10 +22,12 @@ from recbole_diffgm.model.decoding import (
 
 
 def plain_cpd(model, history: torch.Tensor, beam_size: int) -> list[tuple[float, tuple[int, ...]]]:
-    """CPD the plain way: one user, one beam at a time, the history re-encoded and every slot scored each time."""
+    """CPD the plain way: one user, one beam at a time, the history re-encoded and every slot scored each time; a
+    partial SID is a candidate when some catalogue SID matches its fixed digits, and its best copy counts."""
+    catalogue = [tuple(sid) for sid in model.distinct_sids.tolist()]
     beams = [(0.0, (MASK,) * model.n_digit)]
     for _ in range(model.n_digit):
-        candidates = []
+        candidates = {}
         for score, codes in beams:
             memory_kv, memory_mask = model.encode(history[None])
             state = torch.tensor(codes)[None, None]
@@ -35,8 +38,10 @@ def plain_cpd(model, history: torch.Tensor, beam_size: int) -> list[tuple[float,
             for slot, code in itertools.product(range(model.n_digit), range(model.n_codes)):
                 if codes[slot] == MASK:
                     filled = codes[:slot] + (code,) + codes[slot + 1:]
-                    candidates.append((score + log_probs[slot, code].item(), filled))
-        beams = sorted(candidates, reverse=True)[:beam_size]
+                    if any(all(c in (MASK, d) for c, d in zip(filled, sid)) for sid in catalogue):
+                        new_score = score + log_probs[slot, code].item()
+                        candidates[filled] = max(candidates.get(filled, float("-inf")), new_score)
+        beams = sorted(((score, codes) for codes, score in candidates.items()), reverse=True)[:beam_size]
     return beams
 
 
@@ -49,8 +54,12 @@ def test_the_fast_cpd_path_equals_a_plain_reference(tiny):
         codes, scores, _ = model.decode(histories, beam_size=8)
         references = [plain_cpd(model, history, beam_size=8) for history in histories]
     for reference, user_codes, user_scores in zip(references, codes, scores):
-        assert [tuple(sid) for sid in user_codes.tolist()] == [sid for _, sid in reference]
-        torch.testing.assert_close(user_scores, torch.tensor([score for score, _ in reference]), atol=1e-4, rtol=0)
+        # Beams of two fill orders can end on one SID: then fewer than 8, and the rest -inf.
+        alive = user_scores.isfinite()
+        assert not alive[alive.sum():].any()
+        assert [tuple(sid) for sid in user_codes[alive].tolist()] == [sid for _, sid in reference]
+        torch.testing.assert_close(user_scores[alive], torch.tensor([score for score, _ in reference]), atol=1e-4,
+                                   rtol=0)
 
 
 def test_fill_schedules_spread_the_digits_and_fill_more_last():
@@ -74,14 +83,15 @@ def counting(denoise):
 def test_one_pass_cpd_expands_one_slot_and_fills_the_other_from_the_same_pass():
     tables, denoise = toy_denoiser()
     first = tables[(MASK, MASK)]
-    expected = []
+    expected = {}
     for slot, code in itertools.product(range(2), range(3)):
         sid = [0, 0]
         sid[slot], sid[1 - slot] = code, first[1 - slot].argmax().item()
-        expected.append((first[slot, code].item() + first[1 - slot].max().item(), tuple(sid)))
-    expected.sort(reverse=True)
+        score = first[slot, code].item() + first[1 - slot].max().item()
+        expected[tuple(sid)] = max(expected.get(tuple(sid), float("-inf")), score)  # one SID, two beams: merged
+    expected = sorted(((score, sid) for sid, score in expected.items()), reverse=True)
     counted, calls = counting(denoise)
-    codes, scores, _ = cpd_beam_search(counted, 1, 2, beam_size=6, passes=1)
+    codes, scores, _ = cpd_beam_search(counted, every_sid(), 1, beam_size=6, passes=1)
     assert len(calls) == 1
     assert [tuple(c) for c in codes[0].tolist()] == [sid for _, sid in expected]
     torch.testing.assert_close(scores[0], torch.tensor([score for score, _ in expected]))
@@ -94,14 +104,29 @@ def test_fewer_passes_run_fewer_denoiser_calls_and_complete_every_sid(tiny):
     histories = batch[model.ITEM_SEQ][:4]
     memory_kv, memory_mask = model.encode(histories)
     counted, calls = counting(lambda codes: model.denoise(codes, memory_kv, memory_mask))
-    codes, scores, _ = cpd_beam_search(counted, 4, model.n_digit, beam_size=16, passes=2)
+    codes, scores, _ = cpd_beam_search(counted, model.sid_patterns, 4, beam_size=16, passes=2)
     # 4 digits in 2 passes: each pass expands the beam on 1 digit and fills 1 more greedily.
     assert len(calls) == 2 and (calls[1] != MASK).sum(-1).eq(2).all()
     assert (codes != MASK).all() and (scores[:, 1:] <= scores[:, :-1]).all()
-    full, _, _ = cpd_beam_search(lambda c: model.denoise(c, memory_kv, memory_mask), 4, model.n_digit, 16)
-    default, _, _ = cpd_beam_search(lambda c: model.denoise(c, memory_kv, memory_mask), 4, model.n_digit, 16,
+    full, _, _ = cpd_beam_search(lambda c: model.denoise(c, memory_kv, memory_mask), model.sid_patterns, 4, 16)
+    default, _, _ = cpd_beam_search(lambda c: model.denoise(c, memory_kv, memory_mask), model.sid_patterns, 4, 16,
                                     passes=model.n_digit)
     assert torch.equal(full, default)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("passes", [None, 2])
+def test_every_beam_is_a_distinct_catalogue_sid(tiny, passes):
+    """The beam spends its width on distinct SIDs that some item has, none repeated, none outside the catalogue, in
+    every decoding schedule; a beam left without a state (two fill orders that ended on one SID) scores -inf."""
+    model, batch, _ = tiny
+    model.eval()
+    model.decode_passes = passes or model.n_digit
+    codes, scores, _ = model.decode(batch[model.ITEM_SEQ][:4], beam_size=16)
+    assert scores.shape[1] <= 16 and scores[:, 0].isfinite().all()
+    for user_codes, alive in zip(codes, scores.isfinite()):
+        assert (model.sid_trie.lookup(user_codes[alive]) >= 0).all()
+        assert len({tuple(sid) for sid in user_codes[alive].tolist()}) == alive.sum()
 
 
 def test_digit_sum_scores_sum_the_all_masked_log_probs():
@@ -147,6 +172,17 @@ def test_decoding_mode_values_are_checked(tiny_config, key, value):
     config = Config("DiffGM", NAME, config_dict={**tiny_config, key: value})
     with pytest.raises(Exception, match=key):
         get_model("DiffGM")(config, create_dataset(config))
+
+
+@pytest.mark.parametrize("key, value", [("ocn_views", 2), ("decode_mode", "cpd"), ("rerank_size", 8)])
+def test_the_digit_classifier_refuses_diffgms_method(tiny_config, key, value):
+    """A model named DigitClassifier never trains with OCN's views nor decodes with CPD: those are DiffGM's."""
+    config = Config("DigitClassifier", NAME, config_dict={**tiny_config, key: value})
+    with pytest.raises(InputError, match=f"{key} .*: run --model=DiffGM for it"):
+        get_model("DigitClassifier")(config, create_dataset(config))
+    config = Config("DigitClassifier", NAME, config_dict=tiny_config)
+    model = get_model("DigitClassifier")(config, create_dataset(config))
+    assert (model.ocn_views, model.decode_mode, model.rerank_size) == (1, "one_pass", 0)
 
 
 def test_bf16_autocast_trains_and_decodes_close_to_float32(tiny_config):

@@ -6,6 +6,7 @@ import itertools
 import logging
 import math
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,8 +22,8 @@ from recbole_diffgm import (
     load_data_and_model,
     run_recbole_diffgm,
 )
-from recbole_diffgm.evaluation import merge_beams, ranked_sids
-from recbole_diffgm.model.decoding import MASK, PrefixTrie, cpd_beam_search
+from recbole_diffgm.evaluation import group_ranks, merge_beams, ranked_sids
+from recbole_diffgm.model.decoding import MASK, PrefixTrie, SIDPatterns, cpd_beam_search
 from recbole_diffgm.model.diffgm import DiffGM
 
 
@@ -153,11 +154,11 @@ def test_loss_reductions_follow_the_paper_and_the_released_code(tiny):
     assert not torch.isclose(view_mean, token_mean)
 
 
-def toy_denoiser():
-    """A denoiser over 2 slots x 3 codes whose log-probabilities depend on what is visible."""
+def toy_denoiser(n_digit: int = 2, n_codes: int = 3):
+    """A denoiser over ``n_digit`` slots x ``n_codes`` codes whose log-probabilities depend on what is visible."""
     generator = torch.Generator().manual_seed(0)
-    tables = {state: torch.randn(2, 3, generator=generator).log_softmax(-1)
-              for state in itertools.product([MASK, 0, 1, 2], repeat=2)}
+    tables = {state: torch.randn(n_digit, n_codes, generator=generator).log_softmax(-1)
+              for state in itertools.product([MASK, *range(n_codes)], repeat=n_digit)}
 
     def denoise(codes):
         return torch.stack([torch.stack([tables[tuple(row.tolist())] for row in user]) for user in codes])
@@ -167,35 +168,71 @@ def toy_denoiser():
 
 def path_score(tables, sid, order):
     """The sum of the conditional log-probabilities of filling ``sid``'s slots in ``order``."""
-    state, score = [MASK, MASK], 0.0
+    state, score = [MASK] * len(sid), 0.0
     for slot in order:
         score += tables[tuple(state)][slot, sid[slot]].item()
         state[slot] = sid[slot]
     return score
 
 
-def test_cpd_with_a_covering_beam_equals_brute_force():
-    tables, denoise = toy_denoiser()
-    # Every fill order of every SID.
-    paths = sorted(((path_score(tables, sid, order), sid) for sid in itertools.product(range(3), repeat=2)
-                    for order in itertools.permutations(range(2))), reverse=True)
-    codes, scores, first = cpd_beam_search(denoise, batch_size=1, n_digit=2, beam_size=len(paths))
-    assert [tuple(c) for c in codes[0].tolist()] == [sid for _, sid in paths]
-    torch.testing.assert_close(scores[0], torch.tensor([score for score, _ in paths]))
-    torch.testing.assert_close(first[0], tables[(MASK, MASK)])
+def every_sid(n_digit: int = 2, n_codes: int = 3) -> SIDPatterns:
+    return SIDPatterns(torch.tensor(list(itertools.product(range(n_codes), repeat=n_digit))), n_codes)
+
+
+# 8 of the 27 SIDs of 3 digits x 3 codes, sorted: partial SIDs such as (0, 0, MASK) or (MASK, 1, 0) lead to
+# one SID, others such as (1, MASK, 0) to none.
+SPARSE = [(0, 0, 1), (0, 1, 0), (0, 2, 2), (1, 1, 1), (2, 0, 0), (2, 0, 2), (2, 2, 1), (2, 2, 2)]
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("catalogue", [list(itertools.product(range(3), repeat=2)), SPARSE])
+def test_cpd_with_a_covering_beam_equals_brute_force(catalogue, weighted):
+    """Every catalogue SID exactly once, nothing else, each scored over every fill order: its best order (the
+    beam merges the copies of a partial SID to the best), or with ``weighted`` the log of the summed probability
+    of every order (each merge sums its copies)."""
+    n_digit = len(catalogue[0])
+    tables, denoise = toy_denoiser(n_digit)
+    merge = (lambda scores: math.log(sum(map(math.exp, scores)))) if weighted else max
+    expected = sorted(((merge([path_score(tables, sid, order) for order in itertools.permutations(range(n_digit))]),
+                        sid) for sid in catalogue), reverse=True)
+    codes, scores, first = cpd_beam_search(denoise, SIDPatterns(torch.tensor(catalogue), 3), 1, beam_size=64,
+                                           weighted=weighted)
+    assert [tuple(c) for c in codes[0].tolist()] == [sid for _, sid in expected]
+    torch.testing.assert_close(scores[0], torch.tensor([score for score, _ in expected]))
+    torch.testing.assert_close(first[0], tables[(MASK,) * n_digit])
+
+
+def test_a_narrow_beam_keeps_the_best_distinct_legal_partial_sids_at_every_step():
+    """Each step keeps the ``beam_size`` best distinct partial SIDs that some catalogue SID completes, each scored by
+    its best fill order from the states kept before: a by-hand beam over explicit partial SIDs gives the same SIDs."""
+    tables, denoise = toy_denoiser(3)
+    legal = lambda state: any(all(c in (MASK, code) for c, code in zip(state, sid)) for sid in SPARSE)
+    kept = {(MASK,) * 3: 0.0}
+    for _ in range(3):
+        reached = {}
+        for state, score in kept.items():
+            for slot, code in itertools.product(range(3), range(3)):
+                child = tuple(code if index == slot else c for index, c in enumerate(state))
+                if state[slot] == MASK and legal(child):
+                    reached[child] = max(reached.get(child, float("-inf")), score + tables[state][slot, code].item())
+        kept = dict(sorted(reached.items(), key=lambda item: -item[1])[:4])
+    codes, scores, _ = cpd_beam_search(denoise, SIDPatterns(torch.tensor(SPARSE), 3), 1, beam_size=4)
+    assert [tuple(c) for c in codes[0].tolist()] == list(kept)
+    torch.testing.assert_close(scores[0], torch.tensor(list(kept.values())))
 
 
 def test_greedy_last_step_completes_each_beam_with_its_best_code():
     tables, denoise = toy_denoiser()
-    expected = []
+    expected = {}
     for slot, code in itertools.product(range(2), range(3)):  # a beam of 6 keeps every first step
         state = [MASK, MASK]
         state[slot] = code
         last = tables[tuple(state)][1 - slot]
         state[1 - slot] = last.argmax().item()
-        expected.append((tables[(MASK, MASK)][slot, code].item() + last.max().item(), tuple(state)))
-    expected.sort(reverse=True)
-    codes, scores, _ = cpd_beam_search(denoise, 1, 2, beam_size=6, greedy_last_step=True)
+        score = tables[(MASK, MASK)][slot, code].item() + last.max().item()
+        expected[tuple(state)] = max(expected.get(tuple(state), float("-inf")), score)  # two beams, one SID: merged
+    expected = sorted(((score, sid) for sid, score in expected.items()), reverse=True)
+    codes, scores, _ = cpd_beam_search(denoise, every_sid(), 1, beam_size=6, greedy_last_step=True)
     assert [tuple(c) for c in codes[0].tolist()] == [sid for _, sid in expected]
     torch.testing.assert_close(scores[0], torch.tensor([score for score, _ in expected]))
 
@@ -204,7 +241,7 @@ def test_a_fixed_slot_order_equals_brute_force_in_that_order():
     tables, denoise = toy_denoiser()
     paths = sorted(((path_score(tables, sid, (1, 0)), sid) for sid in itertools.product(range(3), repeat=2)),
                    reverse=True)
-    codes, scores, _ = cpd_beam_search(denoise, 1, 2, beam_size=9, slot_order=torch.tensor([1, 0]))
+    codes, scores, _ = cpd_beam_search(denoise, every_sid(), 1, beam_size=9, slot_order=torch.tensor([1, 0]))
     assert [tuple(c) for c in codes[0].tolist()] == [sid for _, sid in paths]
     torch.testing.assert_close(scores[0], torch.tensor([score for score, _ in paths]))
 
@@ -407,18 +444,24 @@ def test_weighted_dedup_sums_the_probability_of_every_path_to_a_sid(tiny_config)
     config = Config("DiffGM", NAME, config_dict={**tiny_config, "n_digit": 2, "dedup_strategy": "weighted"})
     train, valid, _ = data_preparation(config, create_dataset(config))
     model = get_model("DiffGM")(config, train._dataset).eval()
-    interaction = next(iter(valid))[0]
-    model.beam_size = 128  # every (order, SID) path
+    history = next(iter(valid))[0]["item_id_list"][:1]
+    model.beam_size = 128  # covers every partial SID
     with torch.no_grad():
-        codes, beam_scores, _ = model.decode(interaction["item_id_list"], 128)
-        scores = model.full_sort_predict(interaction)
-    paths = {}
-    for sid, score in zip(map(tuple, codes[0].tolist()), beam_scores[0].tolist()):
-        paths.setdefault(sid, []).append(score)
-    assert max(len(p) for p in paths.values()) == 2  # both fill orders of a 2-digit SID
+        scores = model.full_sort_predict({model.ITEM_SEQ: history})
+        # By hand: both fill orders of every catalogue SID, from the denoiser's conditional log-probabilities.
+        memory_kv, memory_mask = model.encode(history)
+        sids = model.distinct_sids
+        first = model.denoise(torch.full((1, 1, 2), MASK), memory_kv, memory_mask)[0, 0]
+        second_after_first = model.denoise(sids[None].masked_fill(torch.tensor([False, True]), MASK), memory_kv,
+                                           memory_mask)[0, :, 1]
+        first_after_second = model.denoise(sids[None].masked_fill(torch.tensor([True, False]), MASK), memory_kv,
+                                           memory_mask)[0, :, 0]
+        rows = torch.arange(len(sids))
+        orders = torch.stack([first[0, sids[:, 0]] + second_after_first[rows, sids[:, 1]],
+                              first[1, sids[:, 1]] + first_after_second[rows, sids[:, 0]]])
+    expected = dict(zip(map(tuple, sids.tolist()), orders.logsumexp(0).tolist()))
     for item in range(1, model.n_items):
-        expected = torch.tensor(paths[tuple(model.item_sid[item].tolist())]).logsumexp(0).item()
-        assert scores[0, item].item() == pytest.approx(expected, abs=1e-4)
+        assert scores[0, item].item() == pytest.approx(expected[tuple(model.item_sid[item].tolist())], abs=1e-4)
 
 
 def test_the_packed_encoder_matches_a_padded_reference(tiny):
@@ -490,7 +533,7 @@ def test_a_checkpoint_from_before_separate_cross_attention_loads_as_shared(tiny_
 
 
 def test_items_that_share_a_sid_are_ordered_by_popularity_then_id_exactly():
-    from recbole_diffgm.evaluation import break_ties, group_ranks
+    from recbole_diffgm.evaluation import break_ties
 
     # Items 1-4 share a SID (popularity 5, 8, 10, 8), items 5-6 another; item 0 is alone.
     groups = torch.tensor([0, 1, 1, 1, 1, 2, 2])
@@ -558,6 +601,19 @@ def test_the_dense_head_adds_its_loss_and_its_item_scores_at_item_level_only(tin
         assert torch.equal(sid_fused, model.full_sort_predict(interaction))
 
 
+def _prefix_rows(batch) -> dict[str, torch.Tensor]:
+    """RecBole's one row per prefix of the histories of ``batch`` (each followed by its row's target)."""
+    histories, lengths, targets = [], [], []
+    for seq, length, target in zip(batch["item_id_list"], batch["item_length"], batch["item_id"]):
+        sequence = [*seq[:length].tolist(), int(target)]
+        for step in range(1, len(sequence)):
+            histories.append(sequence[:step] + [0] * (seq.shape[0] - step))
+            lengths.append(step)
+            targets.append(sequence[step])
+    return {"item_id_list": torch.tensor(histories), "item_length": torch.tensor(lengths),
+            "item_id": torch.tensor(targets)}
+
+
 @pytest.mark.parametrize("model_name", ["DiffGM", "ARGM"])
 def test_per_position_training_is_the_mean_over_every_prefix_row(tiny_config, model_name):
     settings = {**tiny_config, "train_per_position": True, "dropout": 0.0, "epochs": 1}
@@ -572,23 +628,49 @@ def test_per_position_training_is_the_mean_over_every_prefix_row(tiny_config, mo
     per_position = model.generative_loss(batch)
 
     # The same targets as RecBole's one row per prefix, through the same causal encoder.
-    histories, lengths, targets = [], [], []
-    for seq, length, target in zip(batch["item_id_list"], batch["item_length"], batch["item_id"]):
-        sequence = [*seq[:length].tolist(), int(target)]
-        for step in range(1, len(sequence)):
-            histories.append(sequence[:step] + [0] * (seq.shape[0] - step))
-            lengths.append(step)
-            targets.append(sequence[step])
-    prefix_rows = {"item_id_list": torch.tensor(histories), "item_length": torch.tensor(lengths),
-                   "item_id": torch.tensor(targets)}
+    prefix_rows = _prefix_rows(batch)
     model.train_per_position = False
-    assert len(targets) == int(batch["item_length"].sum())  # RecBole's prefix rows of these users
+    assert len(prefix_rows["item_id"]) == int(batch["item_length"].sum())  # RecBole's prefix rows of these users
     assert model.generative_loss(prefix_rows).item() == pytest.approx(per_position.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("model_name", ["DiffGM", "TIGER"])
+def test_per_position_training_trains_the_dense_head_at_every_position(tiny_config, model_name):
+    overrides = {"sid_quantizer": "rq_kmeans", "n_digit": 2, "head_dim": None} if model_name == "TIGER" else {}
+    config = Config(model_name, NAME, config_dict={**tiny_config, **overrides, "train_per_position": True,
+                                                   "dense_head": True, "dropout": 0.0})
+    train, _, _ = data_preparation(config, create_dataset(config))
+    torch.manual_seed(0)
+    model = get_model(model_name)(config, train._dataset)
+    batch = next(iter(train))
+    dense_loss = model.calculate_loss(batch) - model.generative_loss(batch)
+
+    # Every (position, next item) pair of the histories, as RecBole's prefix rows hold them: the causal encoder's
+    # last state of a prefix is the state the whole history has at that position (TIGER: its last digit's).
+    prefix_rows = _prefix_rows(batch)
+    assert len(prefix_rows["item_id"]) > len(batch)
+    expected = torch.nn.functional.nll_loss(model.dense_log_probs(prefix_rows["item_id_list"]), prefix_rows["item_id"])
+    assert dense_loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def _training_item_counts(dataset, data_path: str) -> torch.Tensor:
+    """Each item's occurrences in the training split, read from the ``.inter`` file: every user's items but the
+    last two (leave-one-out: the validation and test items)."""
+    from conftest import read_atomic
+
+    inter = read_atomic(Path(data_path) / NAME / f"{NAME}.inter")
+    inter = inter.assign(time=inter["timestamp:float"].astype(float)).sort_values(["user_id:token", "time"])
+    training = [item for _, items in inter.groupby("user_id:token")["item_id:token"] for item in items.iloc[:-2]]
+    return torch.bincount(torch.as_tensor(dataset.token2id("item_id", training)), minlength=dataset.item_num)
 
 
 def test_a_per_position_run_trains_and_tests(tiny_config):
     result = run_recbole_diffgm("DiffGM", NAME, config_dict={**tiny_config, "train_per_position": True, "epochs": 2})
     assert result["test_result"] and result["epochs_run"] == 2
+    # Reloaded, the model orders the items of a SID by the same training popularity: every training item.
+    _, model, dataset, *_ = load_data_and_model(result["model_file"])
+    counts = _training_item_counts(dataset, tiny_config["data_path"])
+    assert torch.equal(model.sid_group_rank, group_ranks(model.item_leaf, counts))
 
 
 def test_the_popularity_tie_break_counts_training_interactions_only(tiny_config, tmp_path):
@@ -616,6 +698,24 @@ def test_the_popularity_tie_break_counts_training_interactions_only(tiny_config,
     with torch.no_grad():
         scores = model.full_sort_predict(next(iter(test))[0])
     assert (scores[:, copy] > scores[:, first]).all()
+
+
+@pytest.mark.parametrize("max_length", [50, 2])
+def test_the_popularity_tie_break_counts_every_training_item_with_or_without_per_position(tiny_config, max_length):
+    # Each user's training items, its first (which no training row has as its target) included, and with a history
+    # cut to MAX_ITEM_LIST_LENGTH (2) the items before it too; not one target per user under train_per_position.
+    ranks = []
+    for per_position in (False, True):
+        config = Config("DiffGM", NAME, config_dict={**tiny_config, "train_per_position": per_position,
+                                                     "MAX_ITEM_LIST_LENGTH": max_length})
+        dataset = create_dataset(config)
+        train, _, _ = data_preparation(config, dataset)
+        model = get_model("DiffGM")(config, train._dataset)
+        counts = _training_item_counts(dataset, tiny_config["data_path"])
+        assert torch.equal(model.sid_group_rank, group_ranks(model.item_leaf, counts))
+        assert torch.equal(train._dataset.item_popularity, counts)
+        ranks.append(model.sid_group_rank)
+    assert torch.equal(*ranks)
 
 
 def test_random_masking_from_the_config_hides_each_slot_with_mask_prob(tiny_config):

@@ -65,6 +65,9 @@ class SIDDataset(FileOrderSequentialDataset):
         sid_report (CollisionReport): unique SIDs, colliding items, code usage (before the collision policy).
         sid_key (str): digest of everything that determined the codes (texts, text model, quantizer, policy).
         sid_source (str): ``built``, ``cache`` or the path of the SIDs shipped with the dataset.
+        item_popularity (torch.LongTensor): ``[n_items]``: each item's occurrences, which order the items that
+            share a SID: in every interaction, and on every split ``build`` returns in the training split's
+            (``_popularity``).
 
     With ``sid_catalogue`` (a trained model's ``{"key", "tokens", "codes"}``: the SIDs it was trained on), the
     items of that catalogue keep their SIDs, and items added to the ``.item`` file since get theirs from their
@@ -73,6 +76,9 @@ class SIDDataset(FileOrderSequentialDataset):
 
     def __init__(self, config, sid_catalogue: dict | None = None):
         super().__init__(config)
+        # Every interaction (the model of an unsplit dataset); build gives each split the training split's count.
+        self.item_popularity = torch.bincount(torch.as_tensor(np.asarray(self.inter_feat[self.iid_field])),
+                                              minlength=self.item_num)
         settings = SIDSettings.from_config(config)
         text = self.item_texts(config)
         fields = item_text.field_labels(config["item_text_fields"])
@@ -125,18 +131,38 @@ class SIDDataset(FileOrderSequentialDataset):
         return codes
 
     def build(self) -> list:
-        """RecBole's splits; with ``train_per_position`` the training split keeps one row per user, its longest
-        prefix (the model reads every position of it), instead of one row per prefix."""
+        """RecBole's splits, each with the training split's ``item_popularity``, counted before
+        ``train_per_position`` cuts that split to one row per user, its longest prefix (the model reads every
+        position of it), instead of one row per prefix."""
         datasets = super().build()
+        train = datasets[0]
+        popularity = self._popularity(train)
         if self.config["train_per_position"]:
-            train = datasets[0]
-            users = np.asarray(train.inter_feat[self.uid_field])
-            lengths = np.asarray(train.inter_feat[self.item_list_length_field])
-            order = np.lexsort((lengths, users))
-            last = np.r_[users[order][1:] != users[order][:-1], True]
+            order, _, last = self._rows_by_user(train)
             datasets[0] = train.copy(train.inter_feat[torch.from_numpy(np.sort(order[last]))])
-            logger.info(f"train_per_position: {last.sum():,} training rows, one per user, instead of {len(users):,}")
+            logger.info(f"train_per_position: {last.sum():,} training rows, one per user, instead of {len(order):,}")
+        for split in datasets:
+            split.item_popularity = popularity
         return datasets
+
+    def _rows_by_user(self, split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The rows of ``split`` ordered by user, then history length, and which of them are each user's first
+        (shortest history) and last (longest)."""
+        users = np.asarray(split.inter_feat[self.uid_field])
+        order = np.lexsort((np.asarray(split.inter_feat[self.item_list_length_field]), users))
+        first, last = np.ones((2, len(order)), dtype=bool)  # (an empty split has neither)
+        first[1:] = last[:-1] = users[order][1:] != users[order][:-1]
+        return order, first, last
+
+    def _popularity(self, split) -> torch.Tensor:
+        """``[n_items]``: each item's occurrences in the sequences of ``split``'s RecBole prefix rows, every item of
+        each user's sequence once: every row's target, plus the history of each user's first row, the items before
+        its target (with RecBole's prefix rows the user's first item, which no row has as its target). A history
+        cut to ``MAX_ITEM_LIST_LENGTH`` loses none: what it cuts are earlier rows' targets or the first history."""
+        order, first, _ = self._rows_by_user(split)
+        first_histories = split.inter_feat[self.item_id_list_field][torch.from_numpy(order[first])]
+        items = torch.cat([split.inter_feat[self.iid_field], first_histories[first_histories > 0]])
+        return torch.bincount(items, minlength=self.item_num)
 
     def shipped_sids_file(self, config, settings: SIDSettings, texts: list[str]) -> Path:
         """Where this dataset would ship the SIDs of ``settings``: beside its atomic files."""

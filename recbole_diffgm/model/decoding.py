@@ -2,10 +2,15 @@
 
 Confidence-guided Parallel Denoising (CPD, DiffGRM §5): every beam starts with all ``n`` slots masked; each
 step scores every (beam, masked slot, code) candidate by the beam's score plus the code's log-probability
-in that slot, and keeps the global top ``beam_size``. High-confidence digits are therefore committed first,
+in that slot, and keeps the best ``beam_size`` states. High-confidence digits are therefore committed first,
 in an order each beam chooses for itself. The all-masked first step is the same for every beam, so it is
 computed once per user. After ``n`` steps every beam is a complete SID; its score is the sum of the
 conditional log-probabilities of its digits.
+
+The beam spends its width on distinct SIDs that exist (``SIDPatterns``): a candidate is kept only when some
+catalogue SID completes it, in whatever order its digits were filled, and the copies of one partial SID reached in
+different fill orders merge into one state (the best copy's score, or with ``weighted`` the log of their summed
+probabilities).
 """
 
 from __future__ import annotations
@@ -26,27 +31,110 @@ def fill_schedule(n_digit: int, passes: int) -> list[int]:
     return [n_digit // passes + (index >= passes - n_digit % passes) for index in range(passes)]
 
 
-def cpd_beam_search(denoise: Denoiser, batch_size: int, n_digit: int, beam_size: int,
+class SIDPatterns:
+    """Which partial SIDs (any digits fixed, the others masked) some catalogue SID completes, in any fill order.
+
+    A partial SID is followed through decoding with the set of catalogue SIDs that match it: row ``s`` of the
+    distinct, sorted ``sids`` (``GenerativeRecommender.distinct_sids``) is SID ``s``. The set of a partial SID with
+    one digit fixed is a precomputed group (``groups [n, K, M]``: per digit and code, its SIDs ascending, padded
+    with the sentinel ``n_sids``); each further digit filters it. A partial SID is legal when its set is not empty,
+    and the set's smallest SID and the fixed slots identify it (``state_keys``): two fill orders that reach the same
+    partial SID give the same key, so the beam merges them.
+    """
+
+    def __init__(self, sids: torch.Tensor, n_codes: int):
+        n_sids, n_digit = sids.shape
+        self.n_sids, self.n_digit, self.n_codes = n_sids, n_digit, n_codes
+        # The sentinel row n_sids has code n_codes in every digit: scattered into a spare column, never a code.
+        self.sids = torch.cat([sids, sids.new_full((1, n_digit), n_codes)])
+        counts = torch.stack([torch.bincount(digit, minlength=n_codes) for digit in sids.T])  # [n, K]
+        # int32: the sets are the beam's largest working tensors ([B, G, M] and the [B, G, n, K] first_sids)
+        self.groups = sids.new_full((n_digit, n_codes, int(counts.max())), n_sids, dtype=torch.int32)
+        for digit, codes in enumerate(sids.T):
+            order = torch.argsort(codes, stable=True)  # by code, each code's SIDs ascending
+            starts = counts[digit].cumsum(0) - counts[digit]
+            rank = torch.arange(n_sids, device=sids.device) - starts[codes[order]]
+            self.groups[digit, codes[order], rank] = order.int()
+
+    def widest_beam(self, beam_size: int) -> int:
+        """The most states a beam of ``beam_size`` can hold at any step: ``beam_size``, or fewer when the catalogue has
+        fewer distinct partial SIDs with that many digits fixed (counted exactly for up to 12 digits, else bounded by
+        one partial SID per catalogue SID and set of fixed slots)."""
+        from itertools import combinations
+        from math import comb
+
+        sids, widest = self.sids[:-1], 1
+        for fixed in range(1, self.n_digit + 1):
+            if self.n_digit <= 12:
+                states = sum(len(sids[:, list(slots)].unique(dim=0)) for slots in combinations(range(self.n_digit), fixed))
+            else:
+                states = comb(self.n_digit, fixed) * self.n_sids
+            widest = max(widest, min(beam_size, states))
+            if widest == beam_size:
+                break
+        return widest
+
+    def _on(self, device: torch.device) -> None:
+        if self.sids.device != device:  # the model moved to another device after it was built
+            self.sids, self.groups = self.sids.to(device), self.groups.to(device)
+
+    def first_sids(self, members: torch.Tensor | None) -> torch.Tensor:
+        """For beams whose partial SIDs match the SIDs ``members [B, G, M]`` (ascending, sentinel-padded; ``None``:
+        every SID, the all-masked start), ``[B, G, n, K]``: the smallest matching SID once digit ``d`` is set to code
+        ``c``, or ``n_sids`` where none matches (the candidate is illegal)."""
+        if members is None:
+            return self.groups[None, None, :, :, 0]
+        self._on(members.device)
+        first = members.new_full((*members.shape[:2], self.n_digit, self.n_codes + 1), self.n_sids)
+        rows = members.long()
+        for digit in range(self.n_digit):
+            first[:, :, digit].scatter_reduce_(2, self.sids[rows, digit], members, reduce="amin")
+        return first[..., :-1]
+
+    def narrow(self, members: torch.Tensor | None, slot: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """The SIDs that still match after each beam sets ``slot [B, G]`` to ``code [B, G]``: ``members`` (as in
+        ``first_sids``, of each new beam's parent) filtered, ascending, padded to the longest set in the batch."""
+        self._on(slot.device)
+        if members is None:
+            return self.groups[slot, code]
+        kept = torch.where(self.sids[members.long(), slot[..., None]] == code[..., None], members, self.n_sids)
+        kept = kept.sort(dim=-1).values
+        width = max(1, int((kept < self.n_sids).sum(-1).max()))
+        return kept[..., :width]
+
+    def state_keys(self, first_sid: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
+        """A key per partial SID, equal exactly when the partial SIDs are: its smallest matching SID and the bit
+        mask of its fixed slots ``filled`` (int64; at most ``n_sids * 2 ** n`` stays far below 2 ** 63)."""
+        return first_sid.long() * (1 << self.n_digit) + filled
+
+
+def cpd_beam_search(denoise: Denoiser, patterns: SIDPatterns, batch_size: int, beam_size: int,
                     device: torch.device | str = "cpu", greedy_last_step: bool = False,
-                    slot_order: torch.Tensor | None = None, passes: int | None = None
+                    slot_order: torch.Tensor | None = None, passes: int | None = None, weighted: bool = False
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Confidence-guided parallel denoising with a beam over (slot, code) choices.
+    """Confidence-guided parallel denoising with a beam over (slot, code) choices, on catalogue SIDs only.
 
     Args:
-        greedy_last_step: fill each beam's last slots with their best codes and keep the beams as they are (the
-            released code), instead of a last global top-``beam_size`` over (beam, code) (the paper).
+        patterns: the catalogue's SIDs (``SIDPatterns``): a beam state is a partial SID that one of them completes.
+        greedy_last_step: fill each beam's last slots with their best legal codes and keep the beams as they are (the
+            released code), instead of a last selection of the best ``beam_size`` (the paper).
         slot_order: a fixed order in which the slots are filled, the same for every beam (the paper's
             "w/o CPD" control); ``None`` lets each beam fill its most confident slot first.
         passes: denoiser passes (default ``n_digit``: one digit per pass). With fewer, a pass that fills ``f``
             slots expands the beam on one (slot, code) as usual and fills each new beam's ``f - 1`` next most
-            confident open slots with their best codes, from the same pass.
+            confident open slots with their best legal codes, one after the other, from the same pass.
+        weighted: the copies of a partial SID merge to the log of their summed probabilities (``dedup_strategy:
+            weighted``) instead of the best copy's score.
 
     Returns:
-        ``(codes [B, beam, n], scores [B, beam], first_log_probs [B, n, K])``, beams sorted by score;
-        ``first_log_probs`` is the all-masked step, reusable to score SIDs the beam did not reach.
+        ``(codes [B, beam, n], scores [B, beam], first_log_probs [B, n, K])``, distinct catalogue SIDs sorted by
+        score (``-inf``: no state left for that beam, fewer SIDs than ``beam_size`` match); ``first_log_probs`` is
+        the all-masked step, reusable to score SIDs the beam did not reach.
     """
+    n_digit = patterns.n_digit
     codes = torch.full((batch_size, 1, n_digit), MASK, dtype=torch.long, device=device)
     scores = torch.zeros(batch_size, 1, device=device)
+    members = None  # the catalogue SIDs each beam's partial SID matches (SIDPatterns): at first, all of them
     first_log_probs = None
     fills = fill_schedule(n_digit, passes or n_digit)
     slot_ids = torch.arange(n_digit, device=device)
@@ -59,42 +147,98 @@ def cpd_beam_search(denoise: Denoiser, batch_size: int, n_digit: int, beam_size:
             done = sum(fills[:step])
             closed = closed | ~torch.isin(slot_ids, slot_order[done: done + fill])
         if greedy_last_step and step == len(fills) - 1 and step > 0:
-            codes, scores = _fill_best(codes, scores, log_probs.masked_fill(closed[..., None], float("-inf")), fill)
+            codes, scores, members = _fill_best(patterns, codes, scores, members, log_probs, closed, fill, weighted)
         else:
             expandable = closed if slot_order is None else closed | (slot_ids != slot_order[done])
-            candidates = scores[:, :, None, None] + log_probs.masked_fill(expandable[..., None], float("-inf"))
-            codes, scores, parent = _keep_best(codes, candidates, beam_size)
-            if fill == 1:
-                continue
-            log_probs = log_probs.gather(1, parent[..., None, None].expand(-1, -1, *log_probs.shape[2:]))
-            still_closed = closed.gather(1, parent[..., None].expand(-1, -1, n_digit)) | (codes != MASK)
-            codes, scores = _fill_best(codes, scores, log_probs.masked_fill(still_closed[..., None], float("-inf")),
-                                       fill - 1)
+            first_sid = patterns.first_sids(members)
+            candidates = scores[:, :, None, None] + log_probs.masked_fill(
+                expandable[..., None] | (first_sid == patterns.n_sids), float("-inf"))
+            parent, slot, code, scores = _keep_best(patterns, codes, candidates, first_sid, beam_size, weighted)
+            codes = codes.gather(1, parent[..., None].expand(-1, -1, n_digit)).scatter(2, slot[..., None],
+                                                                                        code[..., None])
+            members = patterns.narrow(None if members is None else _rows(members, parent), slot, code)
+            if fill > 1:
+                codes, scores, members = _fill_best(patterns, codes, scores, members, _rows(log_probs, parent),
+                                                    _rows(closed, parent) | (codes != MASK), fill - 1, weighted)
         scores, order = scores.sort(dim=1, descending=True)
-        codes = codes.gather(1, order[..., None].expand_as(codes))
+        order = order[:, : max(1, int(scores.isfinite().sum(1).max()))]  # no beam left for any user: dropped
+        codes, scores, members = _rows(codes, order), scores[:, : order.shape[1]], _rows(members, order)
     return codes, scores, first_log_probs
 
 
-def _keep_best(codes: torch.Tensor, candidates: torch.Tensor, beam_size: int
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The global top ``beam_size`` of the (beam, slot, code) ``candidates`` ``[B, G, n, K]``, as new beams,
-    with the index of each new beam's parent ``[B, G']``."""
+def _rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``tensor [B, G, ...]`` -> its beams ``index [B, G']`` ``[B, G', ...]``."""
+    return tensor.gather(1, index.view(*index.shape, *[1] * (tensor.dim() - 2)).expand(-1, -1, *tensor.shape[2:]))
+
+
+def _filled_mask(codes: torch.Tensor) -> torch.Tensor:
+    """``[B, G]``: the bit mask of each beam's fixed slots."""
+    bits = 1 << torch.arange(codes.shape[-1], device=codes.device)
+    return ((codes != MASK) * bits).sum(dim=-1)
+
+
+def _keep_best(patterns: SIDPatterns, codes: torch.Tensor, candidates: torch.Tensor, first_sid: torch.Tensor,
+               beam_size: int, weighted: bool) -> tuple[torch.Tensor, ...]:
+    """The best ``beam_size`` distinct partial SIDs among the (beam, slot, code) ``candidates [B, G, n, K]`` (``-inf``:
+    not a candidate), each copy of one partial SID merged into its best (``_merge``). Returns each new beam's
+    ``(parent, slot, code, score)``, ``[B, G']`` each.
+
+    A partial SID with ``t`` fixed slots has at most ``t`` copies among the candidates (one per parent that lacks one
+    of its slots), so the ``beam_size * t`` best candidates hold the best copy of each of the best ``beam_size``
+    partial SIDs: merging those alone is exact for the best copy's score; with ``weighted``, a copy below all of them
+    is not added (with a beam covering every state there is none).
+    """
     _, _, n_digit, n_codes = candidates.shape
-    width = min(beam_size, candidates[0].isfinite().sum().item())
-    top_scores, flat = candidates.flatten(1).topk(width, dim=1)
-    beam, slot, code = flat // (n_digit * n_codes), flat // n_codes % n_digit, flat % n_codes
-    codes = codes.gather(1, beam[..., None].expand(-1, -1, n_digit)).clone()
-    codes.scatter_(2, slot[..., None], code[..., None])
-    return codes, top_scores, beam
+    copies = 1 + int((codes != MASK).sum(-1).max())
+    top_scores, flat = candidates.flatten(1).topk(min(beam_size * copies, candidates[0].numel()), dim=1)
+    parent, slot, code = flat // (n_digit * n_codes), flat // n_codes % n_digit, flat % n_codes
+    users = torch.arange(len(flat), device=flat.device)[:, None]
+    keys = patterns.state_keys(first_sid.expand_as(candidates)[users, parent, slot, code],
+                               _filled_mask(codes).gather(1, parent) | (1 << slot))
+    top_scores, kept = _merge(keys, top_scores, beam_size, weighted)
+    return parent.gather(1, kept), slot.gather(1, kept), code.gather(1, kept), top_scores
 
 
-def _fill_best(codes: torch.Tensor, scores: torch.Tensor, open_log_probs: torch.Tensor, count: int
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each beam fills its ``count`` most confident open slots (finite rows of ``open_log_probs``
-    ``[B, G, n, K]``) with their best codes, adding their log-probabilities to its score."""
-    best, best_code = open_log_probs.max(dim=-1)  # [B, G, n]
-    best, slot = best.topk(count, dim=-1)
-    return codes.scatter(2, slot, best_code.gather(2, slot)), scores + best.sum(dim=-1)
+def _merge(keys: torch.Tensor, scores: torch.Tensor, beam_size: int, weighted: bool
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """States ``[B, C]`` (``keys``, ``scores`` in descending order) merged by key: ``(scores, index) [B, G']`` of the
+    best ``beam_size`` distinct states, each at its best copy's index with its merged score (``-inf``: no state)."""
+    keys = torch.where(scores.isfinite(), keys, -1 - torch.arange(keys.shape[1], device=keys.device))  # none merge
+    keys, order = keys.sort(dim=1, stable=True)  # copies of a state: adjacent, the best first
+    sorted_scores = scores.gather(1, order)
+    first = torch.ones_like(keys, dtype=torch.bool)
+    first[:, 1:] = keys[:, 1:] != keys[:, :-1]
+    merged = sorted_scores
+    if weighted:  # log-sum-exp over each run of copies, shifted by its best
+        positions = torch.arange(keys.shape[1], device=keys.device)
+        best = sorted_scores.gather(1, torch.where(first, positions, 0).cummax(dim=1).values)
+        run = first.long().cumsum(dim=1) - 1
+        shifted = torch.where(sorted_scores.isfinite(), (sorted_scores - best).exp(), 0.0)
+        total = torch.zeros_like(sorted_scores).scatter_add_(1, run, shifted).gather(1, run)
+        merged = torch.where(best.isfinite(), best + total.log(), best)
+    top_scores, top = merged.masked_fill(~first, float("-inf")).topk(min(beam_size, keys.shape[1]), dim=1)
+    return top_scores, order.gather(1, top)
+
+
+def _fill_best(patterns: SIDPatterns, codes: torch.Tensor, scores: torch.Tensor, members: torch.Tensor,
+               log_probs: torch.Tensor, closed: torch.Tensor, count: int, weighted: bool
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each beam fills ``count`` of its open slots (``~closed [B, G, n]``) one after the other, each time the most
+    confident legal (slot, code) of ``log_probs [B, G, n, K]`` (one pass's), adding its log-probability to its score;
+    beams that end on the same partial SID then merge (``_merge``)."""
+    for _ in range(count):
+        first_sid = patterns.first_sids(members)
+        open_log_probs = log_probs.masked_fill(closed[..., None] | (first_sid == patterns.n_sids), float("-inf"))
+        best, flat = open_log_probs.flatten(2).max(dim=-1)  # [B, G]
+        slot, code = flat // patterns.n_codes, flat % patterns.n_codes
+        codes = codes.scatter(2, slot[..., None], code[..., None])
+        closed = closed.scatter(2, slot[..., None], True)
+        scores, members = scores + best, patterns.narrow(members, slot, code)
+    keys = patterns.state_keys(members[..., 0], _filled_mask(codes))
+    scores, order = scores.sort(dim=1, descending=True)
+    scores, kept = _merge(keys.gather(1, order), scores, scores.shape[1], weighted)
+    kept = order.gather(1, kept)
+    return _rows(codes, kept), scores, _rows(members, kept)
 
 
 def guided_sid_scores(denoise: Denoiser, sids: torch.Tensor, first_log_probs: torch.Tensor) -> torch.Tensor:

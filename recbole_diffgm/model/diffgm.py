@@ -173,8 +173,9 @@ class DiffGM(SIDTransformer):
             return self.denoise(codes, memory_kv, memory_mask)
 
         if self.decode_mode == "cpd":
-            return cpd_beam_search(denoise, len(item_seq), self.n_digit, beam_size, item_seq.device,
-                                   self.greedy_last_step, self.slot_order, self.decode_passes)
+            return cpd_beam_search(denoise, self.sid_patterns, len(item_seq), beam_size, item_seq.device,
+                                   self.greedy_last_step, self.slot_order, self.decode_passes,
+                                   weighted=self.dedup_strategy == "weighted")
         first_log_probs = denoise(torch.full((len(item_seq), 1, self.n_digit), MASK, device=item_seq.device))[:, 0]
         scores, top = digit_sum_scores(first_log_probs, self.distinct_sids).topk(
             min(self.rerank_size or beam_size, len(self.distinct_sids)), dim=1)

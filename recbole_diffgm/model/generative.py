@@ -21,7 +21,7 @@ from recbole_diffgm import evaluation
 from recbole_diffgm.config import config_choice
 from recbole_diffgm.data.dataset import SIDDataset
 from recbole_diffgm.errors import InputError
-from recbole_diffgm.model.decoding import PrefixTrie
+from recbole_diffgm.model.decoding import PrefixTrie, SIDPatterns
 
 
 class GenerativeRecommender(SequentialRecommender):
@@ -56,12 +56,15 @@ class GenerativeRecommender(SequentialRecommender):
         # decoded SIDs are matched to items through it.
         self.sid_trie = PrefixTrie(item_sid[1:], self.n_codes)
         self.register_buffer("distinct_sids", item_sid[1:].unique(dim=0), persistent=False)
+        # Which partial SIDs some catalogue SID completes, in any fill order (CPD's beam stays on them).
+        self.sid_patterns = SIDPatterns(self.distinct_sids, self.n_codes)
         item_leaf = torch.cat([torch.tensor([self.sid_trie.n_sids]), self.sid_trie.lookup(item_sid[1:])])
         self.register_buffer("item_leaf", item_leaf, persistent=False)  # the padding item: the spare column
         self.register_buffer("sid_representative", evaluation.sid_representatives(item_leaf), persistent=False)
-        # Items that share a SID (sid_collision: keep) are ordered by training popularity, then item id.
-        popularity = torch.bincount(torch.as_tensor(dataset.inter_feat[self.ITEM_ID]), minlength=self.n_items)
-        self.register_buffer("sid_group_rank", evaluation.group_ranks(item_leaf, popularity), persistent=False)
+        # Items that share a SID (sid_collision: keep) are ordered by training popularity (every item of the
+        # training split, with train_per_position too: SIDDataset.build), then item id.
+        self.register_buffer("sid_group_rank", evaluation.group_ranks(item_leaf, dataset.item_popularity),
+                             persistent=False)
         # Saved with the weights (RecBole's other_parameter): a reloaded model keeps the SIDs it was trained on,
         # and items added later get theirs from the same quantizer (SIDDataset).
         self.other_parameter_name = ["sid_catalogue"]

@@ -102,19 +102,39 @@ class SIDTransformer(GenerativeRecommender):
     def dense_log_probs(self, item_seq: torch.Tensor) -> torch.Tensor:
         """The dense head: ``[B, n_items]`` log-probabilities of the next item, from the history's last state (an
         encoder pass of its own) against every item's vector; the padding item is ``-inf``."""
+        rows = torch.arange(len(item_seq), device=item_seq.device)
+        return self._dense_log_probs_at(item_seq, rows, (item_seq > 0).sum(dim=1) - 1)
+
+    def _dense_log_probs_at(self, item_seq: torch.Tensor, users: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """``[R, n_items]``: the dense head at step ``steps[r]`` of history ``users[r]``, read from the encoder's
+        state of that item (its last key: TIGER's last digit), from one encoder pass over the histories."""
         with self.autocast(item_seq.device):
             memory, mask = self._memory(item_seq)
-            last = memory[mask.sum(dim=1).cumsum(dim=0) - 1]  # each history's last token, packed row by row
-            logits = (last @ self.item_embedding.weight.T).float()
+            keys_per_item = mask.shape[1] // item_seq.shape[1]
+            row_size = mask.sum(dim=1)
+            row_start = row_size.cumsum(dim=0) - row_size  # packed row by row
+            states = memory[row_start[users] + (steps + 1) * keys_per_item - 1]
+            logits = (states @ self.item_embedding.weight.T).float()
         logits[:, 0] = float("-inf")
         return logits.log_softmax(dim=-1)
 
+    def dense_loss(self, interaction) -> torch.Tensor:
+        """The dense head's cross-entropy over every item, on the targets the generative loss reads: the history's
+        last state against the next item, or with ``train_per_position`` every position's state against its
+        target (``history_positions``; the causal encoder's state at a step has seen the items up to it only).
+        An encoder pass of its own: ``generative_loss(interaction)``, the subclasses' contract, encodes for itself."""
+        item_seq = interaction[self.ITEM_SEQ]
+        if not self.train_per_position:
+            return F.nll_loss(self.dense_log_probs(item_seq), interaction[self.POS_ITEM_ID])
+        users, steps, targets = history_positions(item_seq, interaction[self.ITEM_SEQ_LEN],
+                                                  interaction[self.POS_ITEM_ID])
+        return F.nll_loss(self._dense_log_probs_at(item_seq, users, steps), targets)
+
     def calculate_loss(self, interaction) -> torch.Tensor:
-        """The generative loss (``generative_loss``), plus with the dense head its cross-entropy over every item."""
+        """The generative loss (``generative_loss``), plus with the dense head its loss (``dense_loss``)."""
         loss = self.generative_loss(interaction)
         if self.dense_weight is not None:
-            log_probs = self.dense_log_probs(interaction[self.ITEM_SEQ])
-            loss = loss + F.nll_loss(log_probs, interaction[self.POS_ITEM_ID])
+            loss = loss + self.dense_loss(interaction)
         return loss
 
     def generative_loss(self, interaction) -> torch.Tensor:

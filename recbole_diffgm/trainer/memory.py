@@ -61,7 +61,10 @@ def decode_bytes(model, users: int, beam_size: int) -> int:
     cross-attention ``4D + 3A``, FFN ``4D + 2F`` (the residual ``cross`` is still held; GELU's input and output).
     Torch's CPU attention kernel is blocked (flash), so no ``[rows, keys]`` score matrix is ever held. After the
     pass: the new log-probabilities, their masked copy, the candidates and the old ones, ``4K`` (``5K`` when a pass
-    fills several digits). The history's memory keys and values (``Attention.memory_kv``, every decoder block) are
+    fills several digits), and the beam's catalogue bookkeeping (``decoding.SIDPatterns``): the smallest matching SID
+    of every candidate (int32, ``K + 1``) and its legality mask (``K / 4``); per state a step keeps, its matching SIDs
+    and their codes while they are filtered, some ``7 M`` (``M``: the largest group of SIDs that share a code in one
+    digit). CPD's beam holds distinct catalogue partial SIDs, at most ``SIDPatterns.widest_beam`` of them. The history's memory keys and values (``Attention.memory_kv``, every decoder block) are
     held throughout the decoding; the encoder's working set (``EncoderBlock``: padded attention, FFN; every history
     counted full) comes before them, so only the larger counts.
     """
@@ -72,10 +75,20 @@ def decode_bytes(model, users: int, beam_size: int) -> int:
     keys = model.position_embedding.num_embeddings  # history tokens: items (DiffGM, ARGM), digit tokens (TIGER)
     one_pass = getattr(model, "decode_mode", "cpd") == "one_pass"
     passes = getattr(model, "decode_passes", n_digit)  # the last pass decodes the beams the ones before reached
-    beams = max(1, model.rerank_size) if one_pass else min(beam_size, (n_digit * n_codes) ** (passes - 1))
+    cpd = getattr(model, "decode_mode", None) == "cpd"  # DiffGM's beam (ARGM and TIGER decode left to right)
+    # CPD's beam holds distinct catalogue partial SIDs only: a small catalogue caps it below beam_size.
+    states = model.sid_patterns.widest_beam(beam_size) if cpd else beam_size
+    beams = max(1, model.rerank_size) if one_pass else min(states, (n_digit * n_codes) ** (passes - 1))
     in_block = max(3 * d_model + 5 * d_attn, 4 * d_model + 3 * d_attn, 4 * d_model + 2 * d_inner)
-    per_row = max(2 * d_model + 2 * n_codes + in_block, 5 * n_codes)
-    decoder = users * beams * n_digit * per_row
+    group = model.sid_patterns.groups.shape[-1] if cpd else 0
+    in_pass = 2 * d_model + 2 * n_codes + in_block
+    after_pass = 5 * n_codes + (n_codes + 1 + n_codes // 4 if cpd else 0)
+    # A pass that fills several digits fills them for every state it keeps; each state holds its matching SIDs.
+    filled = states if cpd and passes < n_digit else beams
+    # The candidates merged into states (decoding._keep_best, _merge): up to beam x digits of them, some ten
+    # int64 tensors (scores, indices, keys and their sorted copies).
+    merged = 20 * min(beam_size * n_digit, beams * n_digit * n_codes) if cpd else 0
+    decoder = users * (max(beams * in_pass, filled * after_pass) * n_digit + states * 7 * group + merged)
     memory_kv = 2 * len(model.decoder) * users * keys * d_attn
     encoder = users * keys * max((n_digit + 2) * d_model, 3 * d_model + 6 * d_attn, 3 * d_model + 2 * d_inner)
     sid_scores = 3 * users * len(model.distinct_sids) if one_pass else 0  # digit_sum_scores' running sum
