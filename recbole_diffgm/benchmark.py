@@ -217,14 +217,26 @@ def _reuse_or_run(model, dataset, config_file_list, config_dict, run_dir: Path, 
 # recorded for these versions (tests/data/run-fingerprints.json) and fails until the version is bumped. A refactor
 # that keeps every fingerprint keeps the finished runs of a long benchmark reusable.
 RUN_CODE_VERSION = {"recbole": 1, "generative": 1}
+# Parts of the generative code whose change altered what only some runs compute, each with its version and the runs
+# it concerns: a run's code version names the parts its config uses (``code_version``), so a finished run that uses
+# none of them stays reusable, and test_recipes.py holds each row to the fingerprint of its own code version.
+PART_VERSIONS = {
+    # CPD's beam keeps distinct catalogue SIDs only (decoding.SIDPatterns): every DiffGM run that decodes with it.
+    "cpd-beam": (2, lambda config: config["model"] == "DiffGM" and config["decode_mode"] == "cpd"),
+    # Items that share a SID are ordered by their count over every training interaction.
+    "tie-break": (2, lambda config: config["sid_collision"] == "keep"),
+    # The dense head is trained at every position of a per-position row.
+    "dense-head": (2, lambda config: bool(config["dense_head"]) and bool(config["train_per_position"])),
+    # The cosine spans every epoch when validation starts late.
+    "schedule": (2, lambda config: config["warmup_steps"] is not None and bool(config["eval_start_epoch"])),
+}
 _ATOMIC_SUFFIXES = ("inter", "user", "item", "kg", "link", "net")  # RecBole's atomic files
 
 
 def run_key(config, generative: bool) -> str:
     """Digest of what determines a run's result: its resolved config (every property file's effect included; less
     where it writes, and for a RecBole model less ``properties/generative.yaml``'s keys), the dataset's atomic
-    files (and for a generative model its shipped SIDs), RecBole's version and ``RUN_CODE_VERSION`` of the
-    model's kind."""
+    files (and for a generative model its shipped SIDs), RecBole's version and the code version (``code_version``)."""
     from importlib.metadata import version
 
     from recbole_diffgm.config import PROPERTIES_DIR
@@ -236,7 +248,7 @@ def run_key(config, generative: bool) -> str:
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(f"recbole {version('recbole')}".encode())
     kind = "generative" if generative else "recbole"
-    digest.update(f"{kind} code version {RUN_CODE_VERSION[kind]}".encode())
+    digest.update(f"{kind} code version {code_version(config, generative)}".encode())
     folder, name = Path(config["data_path"]), config["dataset"]
     data_files = [folder / f"{name}.{suffix}" for suffix in _ATOMIC_SUFFIXES]
     if generative:
@@ -244,6 +256,15 @@ def run_key(config, generative: bool) -> str:
     for path in sorted(path for path in data_files if path.is_file()):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+def code_version(config, generative: bool) -> str:
+    """The version of the code a run computes with: ``RUN_CODE_VERSION`` of its kind, then each changed part of
+    ``PART_VERSIONS`` that its config uses (``1+cpd-beam2``)."""
+    if not generative:
+        return str(RUN_CODE_VERSION["recbole"])
+    parts = [f"+{part}{version}" for part, (version, uses) in PART_VERSIONS.items() if uses(config)]
+    return str(RUN_CODE_VERSION["generative"]) + "".join(parts)
 
 
 def sid_summary(config, codes) -> dict:
@@ -396,7 +417,8 @@ def _write_tables(rows: list[dict], dataset: str, out: Path, command: str | None
     (out / f"{dataset}.md").write_text(
         f"# {dataset}: test metrics of the checkpoint selected on validation\n\n"
         + (f"```bash\n{command}\n```\n\n" if command else "") + rule + "\n\n" +
-        "Item-level metrics (R@k, N@k) rank every item, the user's history masked (RecBole). `sid_` columns are "
+        "Item-level metrics (R@k, N@k) rank every item, the user's history included (RecBole 1.2.1 masks none for a "
+        "sequential model, nor does this plugin). `sid_` columns are "
         "SID-level, for the generative models only: the DiffGRM release's protocol (the beam's SIDs by score, SIDs "
         "that no item has and repeats dropped, history not masked; a hit is generating the target's SID). "
         "SIDs: quantizer, digits × codes (+ a disambiguation digit), collision policy, items that share their SID. "

@@ -4,7 +4,8 @@ A model decodes beams of SIDs (``codes [B, G, n]``, ``scores [B, G]``) and the p
 first decoding step (``first_log_probs [B, n, K]``: DiffGM's all-masked pass), which score any SID as the sum of
 its digits (``digit_sum_scores``). ``eval_level`` says what a hit is:
 
-- ``item``: every item ranked, the user's history masked (RecBole's protocol), a hit is the exact item
+- ``item``: every item ranked, the user's history included (RecBole 1.2.1 masks none for a sequential model),
+  a hit is the exact item
   (``item_scores``: beams by their SID's merged score, ``merge_beams``; every other item below them by its
   digit sum; items that share a SID ordered exactly by ``break_ties``);
 - ``sid``: the DiffGRM release's SID-level protocol (``first_hit_list``): the beam's SIDs by score, SIDs no item

@@ -35,6 +35,7 @@ _RECBOLE_MODEL_PACKAGES = (
 # This plugin's models: name -> module (imported on first use).
 PLUGIN_MODELS = {
     "DiffGM": "recbole_diffgm.model.diffgm",
+    "DigitClassifier": "recbole_diffgm.model.digit_classifier",
     "ARGM": "recbole_diffgm.model.argm",
     "TIGER": "recbole_diffgm.model.tiger",
 }

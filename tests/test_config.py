@@ -22,7 +22,7 @@ def test_dataset_files_hold_no_model_recipe_key(dataset_file):
         assert not shared, f"{dataset_file.name} would override {model_file.name}'s {sorted(shared)}"
 
 
-MODELS = ("DiffGM", "ARGM", "TIGER", "SASRec", "GRU4Rec", "BERT4Rec")
+MODELS = ("DiffGM", "DigitClassifier", "ARGM", "TIGER", "SASRec", "GRU4Rec", "BERT4Rec")
 
 
 def model_files(model: str) -> list:
@@ -45,8 +45,9 @@ def test_each_model_file_key_reaches_the_model(model):
 def test_every_model_file_is_read_by_a_model_and_argm_repeats_none_of_diffgms_recipe():
     read = {file for model in MODELS for file in model_files(model)}
     assert set(MODEL_FILES) == read, f"read by no model: {sorted(set(MODEL_FILES) - read)}"
-    # ARGM is DiffGM's control: it takes the shared recipe. (TIGER states its own paper's values, all of them.)
-    for model in ("DiffGM", "ARGM"):
+    # ARGM and DigitClassifier are DiffGM's controls: they take the shared recipe. (TIGER states its own paper's
+    # values, all of them.)
+    for model in ("DiffGM", "DigitClassifier", "ARGM"):
         *bases, own = model_files(model)
         inherited = {}
         for file in bases:
@@ -79,8 +80,8 @@ def test_every_recipe_key_is_a_key_some_model_reads():
         assert not unknown, f"{recipe.name}: {sorted(unknown)} are no model's keys (a typo would change nothing)"
 
 
-def test_the_item_level_recipe_is_the_ablation_winner_in_one_file():
-    # What the README's main command and the converged benchmark run is what the ablation measured.
+def test_the_digit_classifier_recipe_is_the_ablation_winner_in_one_file():
+    # What the converged benchmark's DigitClassifier row runs is what the ablation measured, under its own name.
     budget = [str(SCRIPT.parent / "benchmarks" / "diffgm-ablation-cpu.yaml")]
 
     def final_config(spec: str) -> dict:
@@ -88,9 +89,10 @@ def test_the_item_level_recipe_is_the_ablation_winner_in_one_file():
         return Config(row.model, "amazon-beauty", config_file_list=row.config_files(budget)).final_config_dict
 
     winner = final_config("DiffGM@DiffGM-cpu+sid-reassign+per-position+sid8+all-masked+catalogue-loss")
-    recipe = final_config("DiffGM@DiffGM-item-cpu")
+    recipe = final_config("DigitClassifier@DigitClassifier-cpu")
     differing = {key for key in winner.keys() | recipe.keys() if winner.get(key) != recipe.get(key)}
-    assert differing == {"decode_passes"}  # CPD's passes, which one-pass scoring without re-scoring never runs
+    # The model's name, and CPD's passes, which one-pass scoring without re-scoring never runs.
+    assert differing == {"model", "decode_passes"}, {key: (winner.get(key), recipe.get(key)) for key in differing}
     assert recipe["decode_mode"] == "one_pass" and recipe["rerank_size"] == 0
 
 

@@ -1,9 +1,10 @@
 """Every recipe of properties/recipes runs: a model with it trains, validates and tests on the tiny catalogue.
 
 Each run is also a fingerprint of what the code computes for a benchmark row (its test metrics, selection score
-and trained weights), compared with the one recorded for the code version of its kind
-(``benchmark.RUN_CODE_VERSION``) in ``tests/data/run-fingerprints.json``. Finished benchmark runs are reused by
-that version, so a change that alters what a row computes must bump it: the comparison fails until it does.
+and trained weights), compared with the one recorded for its code version (``benchmark.code_version``: the version of its kind, and of
+each changed part of the code its config uses) in ``tests/data/run-fingerprints.json``. Finished benchmark runs are
+reused by that version, so a change that alters what a row computes must bump it (``RUN_CODE_VERSION``, or a part
+of ``PART_VERSIONS`` for the rows that use it): the comparison fails until it does.
 ``RECORD_FINGERPRINTS=1 python -m pytest tests/test_recipes.py`` records the fingerprints of a new version (or of
 a new row); it refuses to change one recorded for the current version.
 
@@ -26,10 +27,10 @@ import pytest
 from conftest import NAME, TEST_DATA
 
 from recbole_diffgm import run_recbole_diffgm
-from recbole_diffgm.benchmark import RUN_CODE_VERSION, Row
+from recbole_diffgm.benchmark import Row, code_version
 from recbole_diffgm.compat import load_checkpoint
 
-GENERATIVE_ROWS = ["DiffGM@DiffGM-cpu", "DiffGM@DiffGM-item-cpu", "DiffGM@DiffGM-release", "DiffGM@sid-reassign", "DiffGM@sid-disambiguate",
+GENERATIVE_ROWS = ["DiffGM@DiffGM-cpu", "DigitClassifier@DigitClassifier-cpu", "DiffGM@DiffGM-ocn-cpu", "DiffGM@rescore", "DiffGM@DiffGM-release", "DiffGM@sid-reassign", "DiffGM@sid-disambiguate",
                    "DiffGM@sid8", "DiffGM@sid16", "DiffGM@all-masked", "DiffGM@catalogue-loss", "DiffGM@one-pass",
                    "DiffGM@per-position", "DiffGM@dense-head", "DiffGM@cross-attention-shared", "ARGM@DiffGM-cpu",
                    "ARGM@sid-reassign+per-position", "TIGER@TIGER-cpu"]
@@ -53,7 +54,7 @@ def fingerprint(result: dict) -> dict:
 
 def check_fingerprint(spec: str, kind: str, result: dict) -> None:
     recorded = json.loads(FINGERPRINTS.read_text()) if FINGERPRINTS.is_file() else {}
-    version = str(RUN_CODE_VERSION[kind])
+    version = code_version(load_checkpoint(result["model_file"])["config"], kind == "generative")
     runs = recorded.setdefault(kind, {}).setdefault(version, {})
     found = fingerprint(result)
     if spec in runs and runs[spec].get("sids") != found.get("sids"):
@@ -62,7 +63,8 @@ def check_fingerprint(spec: str, kind: str, result: dict) -> None:
     elif spec in runs:
         assert runs[spec] == found, (
             f"{spec} computes something else than {kind} code version {version} did: if the change is meant to, bump "
-            f"RUN_CODE_VERSION['{kind}'] in recbole_diffgm/benchmark.py and record the new fingerprints "
+            f"RUN_CODE_VERSION['{kind}'] or a part of PART_VERSIONS in recbole_diffgm/benchmark.py and record the new "
+            "fingerprints "
             f"(RECORD_FINGERPRINTS=1 python -m pytest tests/test_recipes.py)")
     elif os.environ.get("RECORD_FINGERPRINTS"):
         runs[spec] = found
