@@ -379,16 +379,26 @@ def test_validation_starts_at_eval_start_epoch(tiny_config, caplog):
     assert "epoch 2 evaluating" in caplog.text
 
 
-def test_learning_rate_warms_up_then_follows_a_cosine(tiny_config):
-    config = Config("DiffGM", NAME, config_dict={**tiny_config, "warmup_steps": 2, "epochs": 3, "learning_rate": 0.01})
-    train, _, _ = data_preparation(config, create_dataset(config))
-    model = get_model("DiffGM")(config, train._dataset)
-    trainer = get_trainer(config["MODEL_TYPE"], "DiffGM")(config, model)
+def scheduled_trainer(tiny_config, **settings):
+    """A DiffGM trainer with a 2-step warmup to lr 0.01, the list its optimizer steps' rates go to, and the data."""
+    config = Config("DiffGM", NAME, config_dict={**tiny_config, "warmup_steps": 2, "learning_rate": 0.01, **settings})
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    trainer = get_trainer(config["MODEL_TYPE"], "DiffGM")(config, get_model("DiffGM")(config, train._dataset))
     rates = []
     trainer.optimizer.register_step_pre_hook(lambda optimizer, *_: rates.append(optimizer.param_groups[0]["lr"]))
+    return trainer, rates, train, valid
+
+
+def warmup_then_cosine(total: int) -> list[float]:
+    """The rate of each of ``total`` steps: 2 warmup steps to 0.01, then one cosine to 0 at the last."""
+    return [0.0, 0.005] + [0.005 * (1 + math.cos(math.pi * (step - 2) / (total - 2))) for step in range(2, total)]
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine(tiny_config):
+    trainer, rates, train, _ = scheduled_trainer(tiny_config, epochs=3)
+    config, model = trainer.config, trainer.model
     trainer.fit(train, None, saved=False)
-    total = 3 * len(train)
-    expected = [0.0, 0.005] + [0.005 * (1 + math.cos(math.pi * (step - 2) / (total - 2))) for step in range(2, total)]
+    expected = warmup_then_cosine(3 * len(train))
     assert rates == pytest.approx(expected)
 
     # A run resumed at epoch 1 continues the schedule where epoch 0 left it.
@@ -402,16 +412,9 @@ def test_learning_rate_warms_up_then_follows_a_cosine(tiny_config):
 def test_the_cosine_spans_every_epoch_when_validation_starts_late(tiny_config):
     """``fit`` trains the epochs before ``eval_start_epoch`` as a phase of their own; the schedule is the run's, one
     warmup and one cosine over all ``epochs``, with no restart where validation begins."""
-    config = Config("DiffGM", NAME, config_dict={**tiny_config, "warmup_steps": 2, "epochs": 4, "eval_start_epoch": 2,
-                                                 "learning_rate": 0.01})
-    train, valid, _ = data_preparation(config, create_dataset(config))
-    model = get_model("DiffGM")(config, train._dataset)
-    trainer = get_trainer(config["MODEL_TYPE"], "DiffGM")(config, model)
-    rates = []
-    trainer.optimizer.register_step_pre_hook(lambda optimizer, *_: rates.append(optimizer.param_groups[0]["lr"]))
+    trainer, rates, train, valid = scheduled_trainer(tiny_config, epochs=4, eval_start_epoch=2)
     trainer.fit(train, valid, saved=False)
-    total = 4 * len(train)
-    expected = [0.0, 0.005] + [0.005 * (1 + math.cos(math.pi * (step - 2) / (total - 2))) for step in range(2, total)]
+    expected = warmup_then_cosine(4 * len(train))
     assert trainer.curve and trainer.curve[0]["epoch"] == 2  # validated, from the third epoch on
     assert rates == pytest.approx(expected)
 

@@ -16,6 +16,8 @@ probabilities).
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import combinations
+from math import comb
 
 import torch
 
@@ -47,6 +49,7 @@ class SIDPatterns:
         self.n_sids, self.n_digit, self.n_codes = n_sids, n_digit, n_codes
         # The sentinel row n_sids has code n_codes in every digit: scattered into a spare column, never a code.
         self.sids = torch.cat([sids, sids.new_full((1, n_digit), n_codes)])
+        self._widest: dict[int, int] = {}  # widest_beam's answers by beam size
         counts = torch.stack([torch.bincount(digit, minlength=n_codes) for digit in sids.T])  # [n, K]
         # int32: the sets are the beam's largest working tensors ([B, G, M] and the [B, G, n, K] first_sids)
         self.groups = sids.new_full((n_digit, n_codes, int(counts.max())), n_sids, dtype=torch.int32)
@@ -60,9 +63,8 @@ class SIDPatterns:
         """The most states a beam of ``beam_size`` can hold at any step: ``beam_size``, or fewer when the catalogue has
         fewer distinct partial SIDs with that many digits fixed (counted exactly for up to 12 digits, else bounded by
         one partial SID per catalogue SID and set of fixed slots)."""
-        from itertools import combinations
-        from math import comb
-
+        if beam_size in self._widest:  # the memory check asks at every fit and evaluation: count once
+            return self._widest[beam_size]
         sids, widest = self.sids[:-1], 1
         for fixed in range(1, self.n_digit + 1):
             if self.n_digit <= 12:
@@ -72,6 +74,7 @@ class SIDPatterns:
             widest = max(widest, min(beam_size, states))
             if widest == beam_size:
                 break
+        self._widest[beam_size] = widest
         return widest
 
     def _on(self, device: torch.device) -> None:
