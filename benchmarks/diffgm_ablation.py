@@ -19,12 +19,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import yaml
-from sid_build import machine  # a sibling script
+
+from recbole_diffgm.benchmark import machine_description
+from recbole_diffgm.files import write_json_atomically
 
 
 def parse_mode(text: str) -> tuple[str, dict]:
@@ -46,12 +47,6 @@ def finished_runs(runs: Path) -> list[tuple[str, dict]]:
     found = [(folder.name, json.loads((folder / "run.json").read_text())) for folder in runs.iterdir()
              if (folder / "run.json").is_file()]
     return sorted(found, key=lambda item: (runs / item[0] / "run.json").stat().st_mtime)
-
-
-def write_json_atomically(data, path: Path) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as out:
-        json.dump(data, out, indent=1, sort_keys=True)
-    os.replace(out.name, path)
 
 
 def rescore(run_dir: Path, run: dict, label: str, overrides: dict) -> dict:
@@ -121,8 +116,8 @@ def main() -> None:
         [f"--runs={args.runs}"] + [f"'--mode={text}'" for text in args.mode]
         + ([f"--mode_rows={args.mode_rows}"] if args.mode_rows else []) + [f"--out={args.out}"])
     lines = [f"# DiffGM ablation: {args.runs}", "", "```bash", command, "```", "",
-             (f"Machine: {machine()}. Each row trained once (seed in its name) within the budget of its run's "
-              "config; selected on item-level validation NDCG@10; tested on every test user."), "",
+             (f"Machine: {machine_description()}. Each row trained once (seed in its name) within the budget of its "
+              "run's config; selected on item-level validation NDCG@10; tested on every test user."), "",
              "## Trained variants (selection and test as each run was configured)", "", *training_table(runs)]
     if scored:
         lines += ["", "## The selected checkpoints, tested with other scoring modes", "", *scoring_table(scored)]

@@ -31,12 +31,12 @@ import time
 from pathlib import Path
 
 import torch
-from recbole.data import data_preparation
 from recbole.data.dataloader import FullSortEvalDataLoader
-from sid_build import machine  # a sibling script
+from speed import build  # a sibling script
 
-from recbole_diffgm import Config, InputError, create_dataset, get_model
-from recbole_diffgm.benchmark import _write_json_atomically, recipe_file
+from recbole_diffgm import InputError
+from recbole_diffgm.benchmark import machine_description, recipe_file
+from recbole_diffgm.files import write_json_atomically
 from recbole_diffgm.trainer import GenerativeTrainer, memory
 
 
@@ -83,7 +83,7 @@ def load_progress(args, part: int) -> dict:
 def save_progress(args, progress: dict) -> None:
     path = progress_file(args, progress["part"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_json_atomically(progress, path)
+    write_json_atomically(progress, path)
 
 
 def users_done(progress: dict) -> int:
@@ -95,19 +95,16 @@ def measure(args) -> dict:
     progress = load_progress(args, args.part)  # settings checked before the dataset loads
     work = Path(tempfile.mkdtemp(prefix="eval-memory-"))
     files = ([str(recipe_file(args.recipe))] if args.recipe else []) + args.config_files.split()
-    config = Config("DiffGM", args.dataset, config_file_list=files, config_dict={
+    config, _, _, _, test, model = build("DiffGM", args.dataset, files, {
         "eval_batch_size": args.eval_batch_size, "test_beam_size": args.beam, "checkpoint_dir": str(work),
-        "show_progress": False, "state": "WARNING", "eval_memory_check": False})  # measured, not refused
-    train, _, test = data_preparation(config, create_dataset(config))
-    torch.manual_seed(0)
-    model = get_model("DiffGM")(config, train._dataset)
+        "eval_memory_check": False})  # measured, not refused
     trainer = GenerativeTrainer(config, model)
     total = min(args.users or len(test._dataset), len(test._dataset))
     first, last = part_range(total, args.part, args.parts)
     progress.update(first_user=first, last_user=last, test_users=len(test._dataset),
                     estimate=memory.eval_batch_bytes(config, model, args.eval_batch_size, max_users=total) / 2**30,
-                    recipe=args.recipe or "DiffGM defaults", eval_level=model.eval_level, machine=machine(),
-                    weights=sum(p.numel() for p in model.parameters()))
+                    recipe=args.recipe or "DiffGM defaults", eval_level=model.eval_level,
+                    machine=machine_description(), weights=sum(p.numel() for p in model.parameters()))
     start_user = first + users_done(progress)
     if start_user >= last:
         return progress

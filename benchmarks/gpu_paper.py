@@ -90,23 +90,31 @@ try:
 except ImportError:
     sys.modules["faiss"] = MissingModule("faiss")
 
-from recbole.data import data_preparation
-from recbole.utils import init_logger, init_seed, set_color
+from recbole.utils import init_logger, set_color
 from recbole.utils.logger import RemoveColorFilter
-from speed import MODES, peak_gb, test_batches  # a sibling script
-from torch.utils.flop_counter import FlopCounterMode
-
-from recbole_diffgm import (
-    Config,
-    create_dataset,
-    evaluate_saved_model,
-    get_model,
-    load_data_and_model,
-    run_recbole_diffgm,
+from speed import (  # a sibling script: the measurements this script shares with it
+    MODES,
+    Built,
+    decoding_speed,
+    each,
+    endless,
+    floor_row,
+    matmul_gflops,
+    measure_steps,
+    peak_memory_gb,
+    set_mode,
+    test_batches,
+    timed,
+    training_step,
 )
+from speed import build as build_untrained
+
+from recbole_diffgm import Config, evaluate_saved_model, load_data_and_model, run_recbole_diffgm
+from recbole_diffgm.benchmark import cpu_model
 from recbole_diffgm.compat import load_checkpoint
 from recbole_diffgm.config import DATASET_DIR, PROPERTIES_DIR
-from recbole_diffgm.trainer import parse_duration
+from recbole_diffgm.files import write_text_atomically
+from recbole_diffgm.checks import parse_duration
 
 MODEL = "DiffGM"
 # DiffGRM (arXiv 2510.21805), Amazon Beauty, SID level (the release's protocol), full recipe on a GPU.
@@ -172,11 +180,9 @@ def check_environment() -> dict:
     if int(pandas.__version__.split(".")[0]) >= 3:
         raise SystemExit(f"error: pandas {pandas.__version__}: RecBole 1.2.1 needs pandas < 3 (docs/compat.md); carry "
                          "pandas-2.3.3's wheel (see this script's docstring)")
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else ""
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
             "pandas": pandas.__version__, "recbole": importlib.metadata.version("recbole"),
-            "cpu": f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
+            "cpu": f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "float32_matmul_precision": torch.get_float32_matmul_precision(),
             "faiss": "placeholder (not installed)" if isinstance(sys.modules["faiss"], MissingModule) else "installed"}
@@ -189,107 +195,30 @@ def imported_distributions() -> list[str]:
     return sorted({dist for name in top for dist in owners.get(name, ())})
 
 
-# ----- measuring -----------------------------------------------------------------------------------------------
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(work: Callable[[], object], device: torch.device) -> float:
-    """Seconds of ``work()``, the device's queue drained before and after (CUDA runs asynchronously)."""
-    synchronize(device)
-    start = time.perf_counter()
-    work()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
-def matmul_gflops(device: torch.device, dtype: torch.dtype) -> float:
-    """The matrix-multiply rate here (speed.py's 2048-cube product on the CPU, 8192 on a GPU): the FLOP floor's rate."""
-    size, repeats = (8192, 50) if device.type == "cuda" else (2048, 10)
-    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    a @ b
-    seconds = timed(lambda: each(lambda _: a @ b, range(repeats)), device)
-    return 2 * size**3 * repeats / seconds / 1e9
-
-
-def each(work: Callable[[object], object], items) -> None:
-    """``work`` on every item, its results dropped as they come (a list of them would hold every output at once)."""
-    for item in items:
-        work(item)
-
-
-def flops_of(work: Callable[[], object]) -> int:
-    """The FLOPs of ``work()`` as torch counts them (matrix products and attention)."""
-    with FlopCounterMode(display=False) as counter:
-        work()
-    return counter.get_total_flops()
-
-
-def peak_memory_gb(device: torch.device) -> float:
-    """Peak GPU memory since the last reset on CUDA; the process's peak RSS (speed.py's) on the CPU."""
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else peak_gb()
-
-
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def floor_row(flops: float, seconds: float, gflops: float) -> dict:
-    """Measured time against the FLOP floor: ``flops`` at ``gflops``."""
-    floor = flops / gflops / 1e9
-    return {"gflops": flops / 1e9, "floor_ms": 1000 * floor, "measured_ms": 1000 * seconds,
-            "over_floor": seconds / floor if floor else math.inf}
-
-
-def endless(loader) -> Iterator:
-    """The loader's batches, epoch after epoch (a slice may hold fewer batches than the steps timed)."""
-    while True:
-        yield from loader
-
+# ----- measuring: speed.py's measurements, against the FLOP floor ----------------------------------------------
 
 def measure_training(model, train, device: torch.device, steps: int, gflops: float) -> dict:
     """Rows/s of ``steps`` AdamW steps (after two warm-up steps) against their FLOP floor (FLOPs per row counted on
     one more step: a slice's last batch of an epoch is smaller)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batches = endless(train)
-
-    def step() -> int:
-        batch = next(batches).to(device)
-        loss = model.calculate_loss(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return len(batch)
-
     model.train()
-    step(), step()
-    counted = []
-    flops_per_row = flops_of(lambda: counted.append(step())) / counted[0]
-    reset_peak(device)
-    rows = []
-    seconds = timed(lambda: rows.extend(step() for _ in range(steps)), device)
-    return {"rows_per_s": sum(rows) / seconds, "rows_per_step": sum(rows) / steps, "steps": steps,
+    step = training_step(model, torch.optim.AdamW(model.parameters(), lr=1e-4), device)
+    measured = measure_steps(step, endless(train), steps, device, warmup=2)
+    rows, seconds, flops_per_row = measured["rows"], measured["seconds"], measured["flops_per_row"]
+    return {"rows_per_s": rows / seconds, "rows_per_step": rows / steps, "steps": steps,
             "flops_per_row": flops_per_row, "peak_gb": peak_memory_gb(device),
-            **floor_row(flops_per_row * sum(rows) / steps, seconds / steps, gflops)}
+            **floor_row(flops_per_row * rows / steps, seconds / steps, gflops)}
 
 
 @torch.no_grad()
 def measure_decoding(model, batches: list, device: torch.device, gflops: float) -> dict:
     """Decode ms/user over ``batches`` (after a warm-up batch) and one user's decode against its FLOP floor; beside
     it, ms/user of the full item scoring (``full_sort_predict``: what item-level evaluation runs)."""
-    model.eval()
-    model.decode(batches[0][model.ITEM_SEQ], model.beam_size)
-    flops = flops_of(lambda: model.decode(batches[0][model.ITEM_SEQ], model.beam_size)) / len(batches[0])
-    users = sum(len(batch) for batch in batches)
-    reset_peak(device)
-    seconds = timed(lambda: each(lambda batch: model.decode(batch[model.ITEM_SEQ], model.beam_size), batches), device)
+    decoded = decoding_speed(model, batches[0], batches, model.beam_size, device)
+    users = decoded["users"]
     scoring = timed(lambda: each(model.full_sort_predict, batches), device)
-    return {"beam": model.beam_size, "users": users, "ms_per_user": 1000 * seconds / users,
+    return {"beam": model.beam_size, "users": users, "ms_per_user": decoded["ms_per_user"],
             "score_ms_per_user": 1000 * scoring / users, "peak_gb": peak_memory_gb(device),
-            **floor_row(flops, seconds / users, gflops)}
+            **floor_row(decoded["flops_per_user"], decoded["seconds"] / users, gflops)}
 
 
 def user_batches(test, users: int, batch_size: int, device: torch.device) -> list:
@@ -297,41 +226,23 @@ def user_batches(test, users: int, batch_size: int, device: torch.device) -> lis
     return [part.to(device) for part, _ in test_batches(test, users, batch_size)]
 
 
-def set_mode(model, fields: dict, beam: int) -> None:
-    """A decoding mode on a loaded model, as speed.py's quality table sets it: CPD's defaults, then ``fields``."""
-    model.decode_mode, model.decode_passes, model.rerank_size = "cpd", model.n_digit, 0
-    for key, value in fields.items():
-        setattr(model, key, value)
-    model.beam_size = beam
+# ----- data and SIDs -------------------------------------------------------------------------------------------
+
+def build(dataset: str, config_files: list[str], config_dict: dict) -> Built:
+    """``(config, dataset, train, valid, test, model)`` of the run's settings, the model untrained (speed.py's
+    ``build``): amazon-beauty's SIDs come from its shipped file (``dataset.sid_source``), a slice's are built (or
+    read from the work folder's cache)."""
+    return build_untrained(MODEL, dataset, config_files, {**config_dict, "state": "WARNING"})
 
 
-def eval_modes(test_beam: int) -> list[tuple[str, dict, int]]:
-    """CPD at the test beam (the paper's 256), then the fast modes of speed.py's table (once each, should a dry run's
-    test beam be one of theirs)."""
-    modes: dict[str, tuple[str, dict, int]] = {}
-    for mode in [(f"CPD, beam {test_beam}", {}, test_beam), *(mode for mode in MODES if mode[0] in FAST_MODES)]:
-        modes.setdefault(mode[0], mode)
-    return list(modes.values())
-
-
-# ----- phases --------------------------------------------------------------------------------------------------
-
-def build(dataset: str, config_files: list[str], config_dict: dict) -> tuple:
-    """``(config, dataset, train, valid, test)`` of the run's settings: amazon-beauty's SIDs come from its shipped
-    file (``dataset.sid_source``), a slice's are built (or read from the work folder's cache)."""
-    config = Config(MODEL, dataset, config_files, {**config_dict, "state": "WARNING"})
-    init_seed(config["seed"], config["reproducibility"])
-    data = create_dataset(config)
-    return config, data, *data_preparation(config, data)
-
+# ----- speed of the untrained network, and the validation plan it gives ----------------------------------------
 
 def speed_phase(args, dataset: str, config_files: list[str], config_dict: dict) -> dict:
     """The recipe's untrained network on the device: training and decoding speed against the FLOP floor (the work
     per row and per beam does not depend on the weights), and the sizes the validation plan needs."""
-    config, data, train, valid, test = build(dataset, config_files, config_dict)
+    config, data, train, valid, test, model = build(dataset, config_files, config_dict)
     device = config["device"]
-    torch.manual_seed(0)
-    model = get_model(MODEL)(config, train._dataset).to(device)
+    model = model.to(device)
     rates = {"fp32": matmul_gflops(device, torch.float32)}
     if device.type == "cuda":
         rates["bf16"] = matmul_gflops(device, torch.bfloat16)
@@ -379,6 +290,8 @@ def plan_from_speed(args, speed: dict, given: set[str]) -> dict:
     return plan_validation(parse_duration(args.budget, "--budget"), epoch_s, valid_s, sizes, given, args.valid_share)
 
 
+# ----- training ------------------------------------------------------------------------------------------------
+
 def train_phase(dataset: str, config_files: list[str], config_dict: dict, out: Path) -> dict:
     """The budgeted run; its learning curve copied to ``out``."""
     result = run_recbole_diffgm(MODEL, dataset, config_files, config_dict)
@@ -389,6 +302,8 @@ def train_phase(dataset: str, config_files: list[str], config_dict: dict, out: P
                                          "stop_reason", "curve", "test_seconds", "test_users", "parameters",
                                          "device", "model_file")}
 
+
+# ----- evaluation: the checkpoint tested in every mode, at both levels -----------------------------------------
 
 def evaluation_phase(run: dict, save: Callable[[dict], None]) -> dict:
     """Every mode at both levels through ``evaluate_saved_model`` (the run's own test is CPD at the test beam, item
@@ -409,6 +324,17 @@ def evaluation_phase(run: dict, save: Callable[[dict], None]) -> dict:
             save(tested)
     return tested
 
+
+def eval_modes(test_beam: int) -> list[tuple[str, dict, int]]:
+    """CPD at the test beam (the paper's 256), then the fast modes of speed.py's table (once each, should a dry run's
+    test beam be one of theirs)."""
+    modes: dict[str, tuple[str, dict, int]] = {}
+    for mode in [(f"CPD, beam {test_beam}", {}, test_beam), *(mode for mode in MODES if mode[0] in FAST_MODES)]:
+        modes.setdefault(mode[0], mode)
+    return list(modes.values())
+
+
+# ----- the trained checkpoint measured: each mode's decoding speed, bf16 and compile ---------------------------
 
 def floor_gflops(results: dict) -> float:
     """The matrix-multiply rate of the FLOP floor: the speed phase's, or measured now when it was skipped."""
@@ -603,10 +529,8 @@ def report(results: dict) -> str:
 
 def save(out: Path, results: dict) -> None:
     """``metrics.json`` and ``report.md`` as they stand, each replaced whole (a kill mid-write loses nothing)."""
-    for name, text in (("metrics.json", json.dumps(results, indent=1, default=str)), ("report.md", report(results))):
-        partial = out / f".{name}.partial"
-        partial.write_text(text)
-        os.replace(partial, out / name)
+    write_text_atomically(json.dumps(results, indent=1, default=str), out / "metrics.json")
+    write_text_atomically(report(results), out / "report.md")
 
 
 @contextmanager
@@ -626,6 +550,8 @@ def log_to(path: Path) -> Iterator[None]:
         root.setLevel(level)
         handler.close()
 
+
+# ----- the command line: the phases in turn --------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

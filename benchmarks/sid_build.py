@@ -10,15 +10,11 @@ Embeds the item texts once into a fresh cache (timed), then quantizes with ``opq
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import faiss
-import torch
-
+from recbole_diffgm.benchmark import machine_description
 from recbole_diffgm.config import Config
 from recbole_diffgm.data.dataset import SIDDataset
 from recbole_diffgm.data.sid import SIDSettings, build_sids
@@ -26,14 +22,6 @@ from recbole_diffgm.data.sid.embed import embed_texts
 from recbole_diffgm.utils import create_dataset
 
 SETTINGS = [("opq", 4), ("opq", 8), ("rq_kmeans", 4), ("rq_kmeans", 8)]
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), {gpu}")
 
 
 def main() -> None:
@@ -76,7 +64,7 @@ def main() -> None:
         "# Semantic-ID build",
         "",
         f"Command: `python benchmarks/sid_build.py --dataset={args.dataset}`  ",
-        f"Machine: {machine()}  ",
+        f"Machine: {machine_description()}  ",
         (f"Text model: {config['sent_emb_model']}; {len(texts):,} items; codebook_size 256; "
         f"opq: PCA {config['sent_emb_pca']} (whitened) + OPQ ({config['opq_iterations']} iterations) + PQ; "
         f"rq_kmeans: raw embeddings."),

@@ -10,6 +10,10 @@ batch. FLOPs are counted by ``torch.utils.flop_counter`` (matrix products and at
 FLOPs at the fp32 matrix-multiply rate measured here. With ``--checkpoint``, the decoding modes of that trained
 DiffGM are compared on the first ``--quality_users`` test users: item-level NDCG@10 / Recall@10 (RecBole's full
 ranking) against decode time. Writes ``--out`` (markdown) with the command at the top.
+
+The other benchmark scripts import their set-up (``build``: config, dataset, splits, untrained model) and their
+measurements (timed steps and decoding, FLOP counts, the floor, peak memory; on a GPU too) from here, so that a
+figure means the same in every report.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
-from sid_build import machine  # a sibling script
 from torch.utils.flop_counter import FlopCounterMode
+
+CPU = torch.device("cpu")
 
 # The published DiffGRM code on a 2-core CPU of this kind, 2 threads (issue 7); decode at batch 32.
 REFERENCE = {
@@ -54,63 +61,152 @@ MODES = [  # (label, model fields, beam)
 ]
 
 
-def peak_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+# ----- measurements (benchmarks/gpu_paper.py measures with them too) -------------------------------------------
+
+class Built(NamedTuple):
+    """RecBole's pipeline up to an untrained model."""
+
+    config: object
+    dataset: object
+    train: object
+    valid: object
+    test: object
+    model: torch.nn.Module
 
 
-def build(model_name: str, dataset: str, overrides: dict):
+def build(model_name: str, dataset: str, config_files: list[str] | None = None,
+          config_dict: dict | None = None) -> Built:
+    """Config, dataset, splits and an untrained model, as a run starts them (its seed before the dataset), the
+    weights drawn from seed 0: what the benchmark scripts time and size (the work per row and per beam depends on
+    the shapes, not the weights). The model stays on the CPU; move it to ``config["device"]`` to run it there."""
     from recbole.data import data_preparation
+    from recbole.utils import init_seed
 
     from recbole_diffgm import Config, create_dataset, get_model
 
-    config = Config(model_name, dataset, config_dict={"show_progress": False, "state": "WARNING", **overrides})
-    train, _, test = data_preparation(config, create_dataset(config))
+    config = Config(model_name, dataset, config_files, {"show_progress": False, "state": "WARNING",
+                                                        **(config_dict or {})})
+    init_seed(config["seed"], config["reproducibility"])
+    data = create_dataset(config)
+    train, valid, test = data_preparation(config, data)
     torch.manual_seed(0)
-    return config, get_model(model_name)(config, train._dataset), train, test
+    return Built(config, data, train, valid, test, get_model(model_name)(config, train._dataset))
 
 
-def profile_table(work) -> str:
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+def peak_gb() -> float:
+    """This process's peak resident memory (RSS) so far, GB: each figure runs in a fresh process for its own."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak GPU memory since the last ``reset_peak`` on CUDA; the process's peak RSS on the CPU."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else peak_gb()
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(work: Callable[[], object], device: torch.device = CPU) -> float:
+    """Seconds of ``work()``, the device's queue drained before and after (CUDA runs asynchronously)."""
+    synchronize(device)
+    start = time.perf_counter()
+    work()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def each(work: Callable[[object], object], items) -> None:
+    """``work`` on every item, its results dropped as they come (a list of them would hold every output at once)."""
+    for item in items:
+        work(item)
+
+
+def flops_of(work: Callable[[], object]) -> int:
+    """The FLOPs of ``work()`` as torch counts them (matrix products and attention)."""
+    with FlopCounterMode(display=False) as counter:
         work()
-    return profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=45)
+    return counter.get_total_flops()
 
 
-def measure_matmul(_args) -> dict:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+def floor_row(flops: float, seconds: float, gflops: float) -> dict:
+    """Measured time against the FLOP floor: ``flops`` at ``gflops``."""
+    floor = flops / gflops / 1e9
+    return {"gflops": flops / 1e9, "floor_ms": 1000 * floor, "measured_ms": 1000 * seconds,
+            "over_floor": seconds / floor if floor else float("inf")}
+
+
+def matmul_gflops(device: torch.device = CPU, dtype: torch.dtype = torch.float32) -> float:
+    """The matrix-multiply rate here, after one warm-up product: a 2048-cube product 10 times on the CPU, an
+    8192-cube one 50 times on a GPU (a smaller one would not fill it). The FLOP floor's rate."""
+    size, repeats = (8192, 50) if device.type == "cuda" else (2048, 10)
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     a @ b
-    start, repeats = time.perf_counter(), 10
-    for _ in range(repeats):
-        a @ b
-    return {"gflops": 2 * 2048**3 * repeats / (time.perf_counter() - start) / 1e9}
+    seconds = timed(lambda: each(lambda _: a @ b, range(repeats)), device)
+    return 2 * size**3 * repeats / seconds / 1e9
 
 
-def measure_train(args) -> dict:
-    config, model, train, _ = build(args.model, args.dataset, {})
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batches = iter(train)
+def endless(loader) -> Iterator:
+    """The loader's batches, epoch after epoch (a slice may hold fewer batches than the steps timed)."""
+    while True:
+        yield from loader
 
-    def step(batch) -> None:
+
+def training_step(model, optimizer, device: torch.device = CPU) -> Callable[[object], int]:
+    """One optimizer step of ``model``'s loss on a batch (moved to ``device``); it returns the batch's rows."""
+    def step(batch) -> int:
+        batch = batch.to(device)
         loss = model.calculate_loss(batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        return len(batch)
 
-    model.train()
-    step(next(batches))  # warm-up
-    with FlopCounterMode(display=False) as counter:
-        batch = next(batches)
-        step(batch)
-    flops_per_row = counter.get_total_flops() / len(batch)
-    rows, start = 0, time.perf_counter()
-    for _ in range(args.train_steps):
-        batch = next(batches)
-        step(batch)
-        rows += len(batch)
-    seconds = time.perf_counter() - start
-    table = profile_table(lambda: step(next(batches)))
-    return {"rows_per_s": rows / seconds, "seconds_per_step": seconds / args.train_steps,
-            "batch": config["train_batch_size"], "flops_per_row": flops_per_row, "peak_gb": peak_gb(),
-            "profile": table}
+    return step
+
+
+def measure_steps(step: Callable[[object], int], batches: Iterator, steps: int, device: torch.device = CPU,
+                  warmup: int = 1) -> dict:
+    """``steps`` training steps timed after ``warmup`` untimed ones and one more whose FLOPs per row are counted
+    (a FLOP counter slows what it counts); the device's peak memory is reset before the timed steps."""
+    for _ in range(warmup):
+        step(next(batches))
+    counted = []
+    flops_per_row = flops_of(lambda: counted.append(step(next(batches)))) / counted[0]
+    reset_peak(device)
+    rows = []
+    seconds = timed(lambda: rows.extend(step(next(batches)) for _ in range(steps)), device)
+    return {"rows": sum(rows), "seconds": seconds, "flops_per_row": flops_per_row}
+
+
+@torch.no_grad()
+def decoding_speed(model, warmup, batches: list, beam: int, device: torch.device = CPU) -> dict:
+    """Decoding ``batches`` at ``beam`` (the model's ``decode``, in its decoding mode), timed after decoding the
+    ``warmup`` batch once, with the FLOPs per user of decoding the first of them; the device's peak memory is reset
+    before the timed decoding."""
+    model.eval()
+    model.decode(warmup[model.ITEM_SEQ], beam)
+    flops_per_user = flops_of(lambda: model.decode(batches[0][model.ITEM_SEQ], beam)) / len(batches[0])
+    users = sum(len(batch) for batch in batches)
+    reset_peak(device)
+    seconds = timed(lambda: each(lambda batch: model.decode(batch[model.ITEM_SEQ], beam), batches), device)
+    return {"users": users, "seconds": seconds, "ms_per_user": 1000 * seconds / users,
+            "flops_per_user": flops_per_user}
+
+
+def set_mode(model, fields: dict, beam: int) -> None:
+    """A decoding mode of ``MODES`` on a loaded model: CPD's defaults (every digit its own pass, no re-ranking),
+    then ``fields``, and the beam."""
+    model.decode_mode, model.decode_passes, model.rerank_size = "cpd", model.n_digit, 0
+    for key, value in fields.items():
+        setattr(model, key, value)
+    model.beam_size = beam
 
 
 def test_batches(test, users: int, batch_size: int):
@@ -125,21 +221,37 @@ def test_batches(test, users: int, batch_size: int):
             yield part, positive_i[start: start + batch_size]
 
 
+# ----- this script's figures, each in a fresh process ----------------------------------------------------------
+
+def profile_table(work) -> str:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        work()
+    return profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=45)
+
+
+def measure_matmul(_args) -> dict:
+    return {"gflops": matmul_gflops()}
+
+
+def measure_train(args) -> dict:
+    config, _, train, _, _, model = build(args.model, args.dataset)
+    step = training_step(model, torch.optim.AdamW(model.parameters(), lr=1e-4))
+    batches = iter(train)
+    model.train()
+    measured = measure_steps(step, batches, args.train_steps)
+    table = profile_table(lambda: step(next(batches)))
+    return {"rows_per_s": measured["rows"] / measured["seconds"],
+            "seconds_per_step": measured["seconds"] / args.train_steps, "batch": config["train_batch_size"],
+            "flops_per_row": measured["flops_per_row"], "peak_gb": peak_gb(), "profile": table}
+
+
 @torch.no_grad()
 def measure_decode(args) -> dict:
-    _, model, _, test = build(args.model, args.dataset, {"eval_batch_size": 512})
-    model.eval()
-    batches = [part for part, _ in test_batches(test, args.decode_users + args.decode_batch, args.decode_batch)]
-    model.decode(batches[0][model.ITEM_SEQ], args.beam)  # warm-up
-    with FlopCounterMode(display=False) as counter:
-        model.decode(batches[1][model.ITEM_SEQ], args.beam)
-    flops_per_user = counter.get_total_flops() / len(batches[1])
-    users, start = 0, time.perf_counter()
-    for batch in batches[1:]:
-        model.decode(batch[model.ITEM_SEQ], args.beam)
-        users += len(batch)
-    seconds = time.perf_counter() - start
-    result = {"ms_per_user": 1000 * seconds / users, "flops_per_user": flops_per_user, "peak_gb": peak_gb()}
+    built = build(args.model, args.dataset, config_dict={"eval_batch_size": 512})
+    model = built.model
+    batches = [part for part, _ in test_batches(built.test, args.decode_users + args.decode_batch, args.decode_batch)]
+    decoded = decoding_speed(model, batches[0], batches[1:], args.beam)
+    result = {"ms_per_user": decoded["ms_per_user"], "flops_per_user": decoded["flops_per_user"], "peak_gb": peak_gb()}
     if args.beam == BEAMS[0]:
         result["profile"] = profile_table(lambda: model.decode(batches[1][model.ITEM_SEQ], args.beam))
     return result
@@ -154,10 +266,7 @@ def measure_quality(args) -> dict:
     batches = list(test_batches(test, args.quality_users, args.decode_batch))
     rows = []
     for label, overrides, beam in MODES:  # each mode sets the model's own decoding fields
-        model.decode_mode, model.decode_passes, model.rerank_size = "cpd", model.n_digit, 0
-        for key, value in overrides.items():
-            setattr(model, key, value)
-        model.beam_size = beam
+        set_mode(model, overrides, beam)
         ndcg = recall = 0.0
         seconds = 0.0
         for interaction, target in batches:
@@ -197,12 +306,14 @@ def ratio_row(model: str, figure: str, ours: float, better: str) -> str:
 
 
 def report(args, results: dict) -> str:
+    from recbole_diffgm.benchmark import machine_description
+
     gflops = results["matmul"]["gflops"]
     lines = [
         "# Speed and memory",
         "",
         f"Command: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`  ",
-        f"Machine: {machine()}; {args.threads} threads  ",
+        f"Machine: {machine_description()}; {args.threads} threads  ",
         f"fp32 matrix multiply (2048 x 2048 x 2048), measured here: {gflops:,.1f} GFLOP/s",
         "",
         "## Against the published DiffGRM code (same machine kind, 2 threads; ratio > 1 = ours better)",

@@ -19,9 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from recbole.data import data_preparation
-
-from recbole_diffgm import Config, create_dataset, get_model
+from speed import build  # a sibling script
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -32,10 +30,8 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 
 def measure(model_name: str, dataset: str, files: list[str], settings: dict, steps: int) -> dict:
-    config = Config(model_name, dataset, config_file_list=files, config_dict={**settings, "show_progress": False})
-    train, _, _ = data_preparation(config, create_dataset(config))
-    torch.manual_seed(0)
-    model = get_model(model_name)(config, train._dataset).train()
+    config, _, train, _, _, model = build(model_name, dataset, files, {**settings, "show_progress": False})
+    model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"])
     batches = iter(train)
     targets = 0

@@ -1,4 +1,5 @@
-"""Reproducibility and resuming: the same seed gives the same run, and a killed run continues to the same end."""
+"""Reproducibility and resuming: the same seed gives the same run, a killed run continues to the same end, and a
+file is replaced whole or not at all."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from conftest import NAME
 from recbole_diffgm import run_recbole_diffgm
 from recbole_diffgm.compat import load_checkpoint
 from recbole_diffgm.errors import InputError
+from recbole_diffgm.files import replaced_atomically, write_csv_atomically, write_json_atomically
 from recbole_diffgm.trainer import resume_file_of
 
 
@@ -105,6 +107,29 @@ def test_a_killed_two_process_ddp_run_resumes_to_the_same_end(tiny_config, tmp_p
     for name, tensor in weights(uninterrupted["model_file"]).items():
         assert torch.equal(tensor, weights(resumed["model_file"])[name]), name
     assert not resume_file.exists()
+
+
+def test_a_file_is_replaced_only_by_a_block_that_succeeds(tmp_path):
+    """The block writes a hidden temporary file beside the target (``.<name>.<random>.partial``: what .gitignore
+    ignores under results/); a failure leaves the old file as it was and no temporary file behind."""
+    path = tmp_path / "run.json"
+    write_json_atomically({"epoch": 1}, path)
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        with replaced_atomically(path) as partial:
+            partial.write_text('{"epo')
+            assert partial.parent == tmp_path and partial.name.startswith(".run.json.")
+            assert partial.name.endswith(".partial")
+            raise RuntimeError("killed mid-write")
+    assert json.loads(path.read_text()) == {"epoch": 1}
+    assert [file.name for file in tmp_path.iterdir()] == ["run.json"]
+
+    with replaced_atomically(path) as partial:
+        partial.write_text('{"epoch": 2}')
+        assert json.loads(path.read_text()) == {"epoch": 1}  # a reader sees the old file until the block ends
+    assert json.loads(path.read_text()) == {"epoch": 2}
+    write_csv_atomically([{"epoch": 0}, {"epoch": 1, "ndcg@10": 0.5}], tmp_path / "curve.csv")
+    assert (tmp_path / "curve.csv").read_text().splitlines() == ["epoch,ndcg@10", "0,", "1,0.5"]
+    assert sorted(file.name for file in tmp_path.iterdir()) == ["curve.csv", "run.json"]
 
 
 def test_a_missing_resume_file_is_named(tmp_path):

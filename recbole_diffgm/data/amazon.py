@@ -19,16 +19,15 @@ import gzip
 import html
 import json
 import logging
-import os
 import re
 import shutil
-import tempfile
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from recbole_diffgm.errors import InputError
+from recbole_diffgm.files import replaced_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -139,11 +138,9 @@ def _item_row(asin: str, record: dict) -> tuple[str, ...]:
 def write_atomic_file(path: Path, header: tuple[str, ...], rows) -> None:
     """Write a tab-separated atomic file through a temporary file, so a partial file never appears."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", newline="\n", dir=path.parent,
-                                     prefix=f".{path.name}.", delete=False) as out:
+    with replaced_atomically(path) as partial, partial.open("w", encoding="utf-8", newline="\n") as out:
         out.write("\t".join(header) + "\n")
         out.writelines("\t".join(row) + "\n" for row in rows)
-    os.replace(out.name, path)
 
 
 @dataclass(frozen=True)
@@ -180,11 +177,9 @@ def convert(reviews_path: Path, meta_path: Path, out_dir: Path, name: str) -> Co
 def download(url: str, path: Path, timeout: float = 60.0) -> None:
     """Fetch ``url`` into ``path`` through a temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with urllib.request.urlopen(url, timeout=timeout) as response, tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=f".{path.name}.", delete=False
-    ) as out:
-        shutil.copyfileobj(response, out)
-    os.replace(out.name, path)
+    with urllib.request.urlopen(url, timeout=timeout) as response, replaced_atomically(path) as partial:
+        with partial.open("wb") as out:
+            shutil.copyfileobj(response, out)
 
 
 def prepare(name: str, dataset_dir: Path, raw_url: str) -> ConversionStats:

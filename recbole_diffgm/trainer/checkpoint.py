@@ -9,24 +9,21 @@ random generator, the training loader's shuffling generator, and the trainer's `
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from recbole_diffgm.compat import load_checkpoint
+from recbole_diffgm.files import replaced_atomically
 
 
 def save_atomically(state: dict, path: str | Path) -> None:
     """``torch.save`` through a temporary file in the same folder, renamed into place: a reader never sees a
     partial checkpoint, and an interrupted write leaves the previous file as it was."""
-    path = Path(path)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as out:
-        torch.save(state, out, pickle_protocol=4)
-    os.replace(out.name, path)
+    with replaced_atomically(path) as partial:
+        torch.save(state, partial, pickle_protocol=4)
 
 
 def resume_file_of(model_file: str | Path) -> Path:
@@ -76,9 +73,8 @@ class CheckpointMixin:
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
         if not self._is_writer():
             return
-        partial = Path(saved_model_file).with_name(f".{Path(saved_model_file).name}.partial")
-        super()._save_checkpoint(epoch, verbose=False, saved_model_file=str(partial), **kwargs)
-        os.replace(partial, saved_model_file)
+        with replaced_atomically(saved_model_file) as partial:
+            super()._save_checkpoint(epoch, verbose=False, saved_model_file=str(partial), **kwargs)
         if verbose:
             self.logger.info(f"Saving current: {saved_model_file}")
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import numpy as np
 import torch
 
 from recbole_diffgm.errors import InputError
+from recbole_diffgm.files import replaced_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +65,8 @@ def _checksum(arrays: dict[str, np.ndarray]) -> str:
 def save_arrays(path: Path, arrays: dict[str, np.ndarray], key: str) -> None:
     """Write ``arrays`` with their key and checksum through a temporary file, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".npz", delete=False) as out:
+    with replaced_atomically(path) as partial, partial.open("wb") as out:  # a handle: savez adds no ".npz"
         np.savez(out, **arrays, key=np.array(key), checksum=np.array(_checksum(arrays)))
-    os.replace(out.name, path)
 
 
 def load_arrays(path: Path, key: str) -> dict[str, np.ndarray] | None:
