@@ -39,6 +39,7 @@ from pathlib import Path
 import yaml
 
 from recbole_diffgm.errors import InputError
+from recbole_diffgm.files import write_csv_atomically, write_json_atomically
 
 QUALITY = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 # Config keys that say where a run writes or runs, not what it computes: left out of its key.
@@ -117,7 +118,7 @@ def run_benchmark(models: list[str], dataset: str, config_file_list=None, config
             if "config" in run:
                 (out / f"{dataset}-configs" / f"{name}.yaml").write_text(yaml.safe_dump(run["config"], sort_keys=True))
             if run.get("curve"):
-                _write_curve(run["curve"], out / f"{dataset}-curves" / f"{name}.csv")
+                write_csv_atomically(run["curve"], out / f"{dataset}-curves" / f"{name}.csv")
             runs.append(run)
         rows.append(_summarise(row.label, runs))
         _write_tables(rows, dataset, out, command)  # after every model: an interrupted benchmark keeps its rows
@@ -164,13 +165,12 @@ def _reuse_or_run(model, dataset, config_file_list, config_dict, run_dir: Path, 
 
     from recbole_diffgm.compat import load_checkpoint
     from recbole_diffgm.config import Config
-    from recbole_diffgm.model.generative import GenerativeRecommender
     from recbole_diffgm.quick_start import evaluate_saved_model, run_recbole_diffgm
-    from recbole_diffgm.utils import get_model
+    from recbole_diffgm.registry import generates_sids
 
     run_dir.mkdir(parents=True, exist_ok=True)
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
-    generative = issubclass(get_model(model), GenerativeRecommender)
+    generative = generates_sids(model)
     key = run_key(config, generative)
     # Checkpoints in the run's folder; the SID cache stays where the config puts it, shared by every run.
     config_dict = {**config_dict, "checkpoint_dir": str(run_dir),
@@ -190,7 +190,7 @@ def _reuse_or_run(model, dataset, config_file_list, config_dict, run_dir: Path, 
         for stale in [*run_dir.glob("*.pth"), finished]:
             stale.unlink(missing_ok=True)
         resume_files = []
-    _write_json_atomically({"key": key}, started)
+    write_json_atomically({"key": key}, started)
     if resume_files:
         getLogger().info(f"benchmark: {model} resumes from {resume_files[-1]}")
         result = run_recbole_diffgm(resume_file=str(resume_files[-1]))
@@ -208,7 +208,7 @@ def _reuse_or_run(model, dataset, config_file_list, config_dict, run_dir: Path, 
     result["test_result"] = dict(result["test_result"])
     result["best_valid_result"] = dict(result["best_valid_result"] or {})
     result = json.loads(json.dumps(_plain(result)))
-    _write_json_atomically({"key": key, "result": result}, finished)
+    write_json_atomically({"key": key, "result": result}, finished)
     return result
 
 
@@ -291,18 +291,35 @@ def _sid_cell(sids: dict | None) -> str:
     return text + (f" ({100 * sids['shared_before']:.1f}% before)" if sids["shared"] != sids["shared_before"] else "")
 
 
+def cpu_model() -> str:
+    """The CPU's model name: Linux's ``/proc/cpuinfo``, else what Python can tell (macOS, an ARM Linux without a
+    "model name"). The one place that reads it, for every report that names its machine."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def device_description(device: str) -> str:
-    """The GPU's name, or the CPU's model and the threads torch uses."""
+    """A run's device, for its row of the table: the GPU's name, or the CPU's model and the threads torch uses."""
     import torch
 
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        model = names[0] if names else model
-    return f"{model}, {torch.get_num_threads()} threads"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"
+
+
+def machine_description() -> str:
+    """The machine a benchmark script measured on, for its report: the CPU and its cores, the threads of torch and
+    of faiss (both compute on the CPU), the GPU."""
+    import faiss
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads), {gpu}")
 
 
 def _plain(config: dict) -> dict:
@@ -314,20 +331,6 @@ def _plain(config: dict) -> dict:
             return [plain(v) for v in value]
         return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
     return {key: plain(value) for key, value in config.items()}
-
-
-def _write_json_atomically(value, path: Path) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(value, indent=1, sort_keys=True))
-    os.replace(partial, path)
-
-
-def _write_curve(curve: list[dict], path: Path) -> None:
-    columns = list(dict.fromkeys(key for point in curve for key in point))
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns)
-        writer.writeheader()
-        writer.writerows(curve)
 
 
 def selection_rule(config: dict) -> str:
@@ -365,7 +368,7 @@ def _summarise(label: str, runs: list[dict]) -> dict:
             row[field] = statistics.mean(values)
     if done:
         row["inference_ms_per_user"] = statistics.mean(1000 * run["test_seconds"] / run["test_users"] for run in done)
-        row["device"] = done[0]["device"]
+        row["device"] = "; ".join(dict.fromkeys(run["device"] for run in done))  # every machine, in seed order
         row["best_epochs"] = ", ".join(str(run.get("best_epoch")) for run in done)
         row["stopped_by"] = ", ".join(sorted({str(run.get("stop_reason")) for run in done}))
         row["sids"] = _sid_cell(done[0].get("sids"))

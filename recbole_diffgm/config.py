@@ -18,7 +18,7 @@ from recbole.utils import ModelType
 from recbole_diffgm.data.atomic_files import default_load_col
 from recbole_diffgm.data.item_text import default_text_fields, field_labels
 from recbole_diffgm.errors import InputError
-from recbole_diffgm.utils import get_model
+from recbole_diffgm.registry import get_model
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -134,10 +134,3 @@ class Config(recbole.config.Config):
             init_method=f"tcp://{config['ip']}:{config['port']}")
         config["device"] = torch.device("cpu")
         config["single_spec"] = False
-
-
-def config_choice(config, key: str, options: tuple[str, ...]) -> str:
-    """``config[key]``, which must be one of ``options``."""
-    if config[key] not in options:
-        raise InputError(f"unknown {key} '{config[key]}'; choose one of {', '.join(options)}")
-    return config[key]

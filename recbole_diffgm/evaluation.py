@@ -10,8 +10,9 @@ its digits (``digit_sum_scores``). ``eval_level`` says what a hit is:
   digit sum; items that share a SID ordered exactly by ``break_ties``);
 - ``sid``: the DiffGRM release's SID-level protocol (``first_hit_list``): the beam's SIDs by score, SIDs no item
   has and repeats dropped, nothing masked, a hit is the target's SID among the first k;
-- ``sid_masked``: SID level with RecBole's conventions: one item per SID (``sid_representatives``) scored as at
-  item level, a hit is the target's SID.
+- ``sid_full_sort``: SID level ranked as RecBole ranks items: one item per SID (``sid_representatives``) scored as
+  at item level, every SID in the full sort, nothing masked, a hit is the target's SID (``sid_masked`` before: the
+  name claimed a masking it never did).
 
 Metrics carry the level's prefix (``metric_prefix``: ``sid_ndcg@10``), so that no SID-level figure is read as an
 item-level one. Models (``GenerativeRecommender``) and the trainer (``GenerativeTrainer``) both use this module.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import torch
 
 # eval_level -> the prefix of its metric names
-METRIC_PREFIXES = {"item": "", "sid": "sid_", "sid_masked": "sid_masked_"}
+METRIC_PREFIXES = {"item": "", "sid": "sid_", "sid_full_sort": "sid_full_sort_"}
 # How the beams that reach one SID (in different fill orders) score it; "none" keeps every beam (generate only).
 DEDUP_STRATEGIES = ("simple", "weighted")
 
@@ -50,11 +51,11 @@ def merge_beams(leaves: torch.Tensor, scores: torch.Tensor, n_sids: int, dedup: 
     return best
 
 
-def item_scores(sid_scores: torch.Tensor, item_leaf: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
-    """``[B, N]``: each item scores its SID's ``sid_scores`` (``merge_beams``; ``item_leaf [N]``: each item's
+def item_scores(sid_scores: torch.Tensor, item_sid_index: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """``[B, N]``: each item scores its SID's ``sid_scores`` (``merge_beams``; ``item_sid_index [N]``: each item's
     column) where a beam reached it; every other item its ``fallback [B, N]`` score, shifted below the lowest
     reached one (a constant offset would lose float32 precision)."""
-    reached = sid_scores[:, item_leaf]
+    reached = sid_scores[:, item_sid_index]
     hit = reached.isfinite()
     lowest_hit = torch.where(hit, reached, float("inf")).amin(dim=1, keepdim=True)
     shift = (fallback.amax(dim=1, keepdim=True) - lowest_hit + 1).clamp(min=0)  # 0 when nothing was reached
@@ -94,12 +95,12 @@ def first_hit_list(leaves: torch.Tensor, legal: torch.Tensor, rows: torch.Tensor
     return scores, columns
 
 
-def sid_representatives(item_leaf: torch.Tensor) -> torch.Tensor:
-    """``eval_level: sid_masked`` ranks one item per SID: for every item ``[N]``, the smallest item id of its SID
-    (``item_leaf [N]``), which stands for the SID and whose column holds the SID's score."""
-    first_of_sid = torch.full((int(item_leaf.max()) + 1,), len(item_leaf)).scatter_reduce(
-        0, item_leaf, torch.arange(len(item_leaf)), reduce="amin")
-    return first_of_sid[item_leaf]
+def sid_representatives(item_sid_index: torch.Tensor) -> torch.Tensor:
+    """``eval_level: sid_full_sort`` ranks one item per SID: for every item ``[N]``, the smallest item id of its SID
+    (``item_sid_index [N]``), which stands for the SID and whose column holds the SID's score."""
+    first_of_sid = torch.full((int(item_sid_index.max()) + 1,), len(item_sid_index)).scatter_reduce(
+        0, item_sid_index, torch.arange(len(item_sid_index)), reduce="amin")
+    return first_of_sid[item_sid_index]
 
 
 def group_ranks(groups: torch.Tensor, popularity: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,22 @@ from recbole_diffgm.errors import InputError
 from recbole_diffgm.utils import create_dataset, get_model, get_trainer
 
 
+# The recipe of each plugin model that trains for an hour on a CPU (properties/recipes/): named when a run on a CPU
+# without a time budget would train for longer (the models' defaults are the papers' GPU recipes).
+CPU_RECIPES = {"DiffGM": "DiffGM-ocn-cpu", "DigitClassifier": "DigitClassifier-cpu", "TIGER": "TIGER-cpu"}
+
+
+def slow_run_advice(config) -> str | None:
+    """What to run instead of a run on a CPU that would train for hours: the model's CPU recipe, or a time budget."""
+    if config["device"].type != "cpu" or config["time_budget"] is not None:
+        return None
+    recipe = CPU_RECIPES.get(config["model"])
+    if recipe is None:
+        return "on a CPU, time_budget (e.g. --time_budget=60m) ends training in time"
+    return (f"on a CPU, --model={config['model']}@{recipe} trains for 60 CPU-minutes, validation extra "
+            f"(properties/recipes/{recipe}.yaml)")
+
+
 def dataset_summary(dataset) -> str:
     """``name: users, items, interactions``, counted without RecBole's padding id 0."""
     return (
@@ -117,6 +133,7 @@ def _run(model, dataset, config_file_list, config_dict, saved, callback_fn=None,
     logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer.slow_run_advice = slow_run_advice(config)
     if resume_file:
         trainer.resume_checkpoint(resume_file)
     best_valid_score, best_valid_result = trainer.fit(

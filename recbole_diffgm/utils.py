@@ -1,94 +1,23 @@
-"""Name lookups for the pipeline: this plugin first, RecBole second.
-
-``get_model`` / ``get_trainer`` / ``create_dataset`` have RecBole's signatures, so RecBole's own models
-(SASRec, BERT4Rec, GRU4Rec, ...) run through the same entry points as the plugin's.
+"""Pipeline helpers in RecBole's plugin shape: ``create_dataset`` here, ``get_model`` / ``get_trainer`` from the
+lookup (``registry``), so RecBole's own models (SASRec, BERT4Rec, GRU4Rec, ...) run through the same entry points
+as the plugin's.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
-import importlib.util
 import pickle
 from logging import getLogger
 from pathlib import Path
 
 import recbole.data
-import recbole.utils
-from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils.argument_list import dataset_arguments
 
 from recbole_diffgm.data.atomic_files import ensure_dataset, orders_by_file
 from recbole_diffgm.data.dataset import FileOrderSequentialDataset
 from recbole_diffgm.errors import InputError
-from recbole_diffgm.trainer import GenerativeTrainer, PluginTrainerMixin
+from recbole_diffgm.registry import available_models, get_model, get_trainer
 
-_RECBOLE_MODEL_PACKAGES = (
-    "general_recommender",
-    "context_aware_recommender",
-    "sequential_recommender",
-    "knowledge_aware_recommender",
-    "exlib_recommender",
-)
-
-
-# This plugin's models: name -> module (imported on first use).
-PLUGIN_MODELS = {
-    "DiffGM": "recbole_diffgm.model.diffgm",
-    "DigitClassifier": "recbole_diffgm.model.digit_classifier",
-    "ARGM": "recbole_diffgm.model.argm",
-    "TIGER": "recbole_diffgm.model.tiger",
-}
-
-
-def available_models() -> list[str]:
-    """Names of every model this plugin can run."""
-    names = set(PLUGIN_MODELS)
-    for package in _RECBOLE_MODEL_PACKAGES:
-        try:
-            module = importlib.import_module(f"recbole.model.{package}")
-        except ImportError:  # exlib models need xgboost / lightgbm, which are optional
-            continue
-        names.update(
-            name
-            for name, obj in vars(module).items()
-            if isinstance(obj, type) and issubclass(obj, AbstractRecommender)
-        )
-    return sorted(names, key=str.lower)
-
-
-def get_model(model_name: str) -> type[AbstractRecommender]:
-    """The model class called ``model_name`` (RecBole's spelling, e.g. ``SASRec``)."""
-    if model_name in PLUGIN_MODELS:
-        return getattr(importlib.import_module(PLUGIN_MODELS[model_name]), model_name)
-    # As recbole.utils.get_model, but a package whose optional dependency is missing (exlib models
-    # need xgboost / lightgbm) is skipped instead of failing every lookup.
-    for package in _RECBOLE_MODEL_PACKAGES:
-        module_path = f"recbole.model.{package}.{model_name.lower()}"
-        try:
-            found = importlib.util.find_spec(module_path) is not None
-        except ImportError:
-            continue
-        if found and hasattr(module := importlib.import_module(module_path), model_name):
-            return getattr(module, model_name)
-    raise InputError(f"unknown model '{model_name}'; available models: {', '.join(available_models())}")
-
-
-@functools.cache
-def _with_plugin_mixin(trainer_class: type) -> type:
-    return type(trainer_class.__name__, (PluginTrainerMixin, trainer_class), {})
-
-
-def get_trainer(model_type, model_name: str) -> type:
-    """``GenerativeTrainer`` for the models that decode semantic IDs, else RecBole's trainer for the model, with
-    this plugin's ``PluginTrainerMixin`` (resumable, budgeted, atomic checkpoints that reload on torch >= 2.6)."""
-    from recbole_diffgm.model.generative import (
-        GenerativeRecommender,  # not at the top: a cycle
-    )
-
-    if issubclass(get_model(model_name), GenerativeRecommender):
-        return GenerativeTrainer
-    return _with_plugin_mixin(recbole.utils.get_trainer(model_type, model_name))
+__all__ = ["available_models", "create_dataset", "get_model", "get_trainer"]
 
 
 def create_dataset(config, dataset_class=None, sid_catalogue=None):

@@ -12,7 +12,8 @@ from conftest import NAME
 from recbole.trainer import Trainer
 
 from recbole_diffgm import InputError, run_recbole_diffgm
-from recbole_diffgm.trainer import parse_duration
+from recbole_diffgm.checks import parse_duration
+from recbole_diffgm.trainer import plugin
 from recbole_diffgm.trainer.plugin import epochs_the_budget_allows
 
 
@@ -94,3 +95,28 @@ def test_the_time_left_counts_the_epochs_the_budget_allows_when_it_ends_the_run_
     for line in lines:
         epoch, left = map(int, re.search(r"epoch (\d+)/300: .* \((\d+) epochs? to the time budget\)", line).groups())
         assert left < 300 - epoch  # fewer than the epoch cap leaves
+
+
+def test_the_first_steps_give_an_estimate_and_a_slow_cpu_run_names_a_recipe_that_fits(tiny_config, monkeypatch,
+                                                                                      caplog):
+    monkeypatch.setattr(plugin, "FIRST_ESTIMATE_AFTER_S", 0)  # at the first step: the tiny data trains in a second
+    scores = iter([0.2, 0.1])  # then patience ends the run of a million epochs
+    monkeypatch.setattr(Trainer, "_valid_epoch", lambda self, data, show_progress=False: (
+        (score := next(scores)), {"recall@5": score, "ndcg@5": score}))
+    with caplog.at_level("INFO"):
+        run_recbole_diffgm("DiffGM", NAME, config_dict=diffgm(tiny_config, epochs=10**6, stopping_step=0))
+    estimates = [line for line in caplog.text.splitlines() if "first estimate" in line]
+    assert len(estimates) == 1  # the first epoch of the run only
+    assert re.search(r"from 1 of \d+ steps: [\d.]+ min an epoch of training \([\d.]+ CPU-min\), 1000000 epochs: "
+                     r"about [\d.]+ (h|days) of training", estimates[0])
+    assert estimates[0].endswith("--model=DiffGM@DiffGM-ocn-cpu trains for 60 CPU-minutes, validation extra "
+                                 "(properties/recipes/DiffGM-ocn-cpu.yaml)")
+    assert caplog.text.index("first estimate") < caplog.text.index("epoch 0 training")
+
+
+def test_a_run_that_fits_in_its_budget_gets_its_estimate_without_advice(tiny_config, monkeypatch, caplog):
+    monkeypatch.setattr(plugin, "FIRST_ESTIMATE_AFTER_S", 0)
+    with caplog.at_level("INFO"):
+        run_recbole_diffgm("DiffGM", NAME, config_dict=diffgm(tiny_config, epochs=1))
+    estimate = next(line for line in caplog.text.splitlines() if "first estimate" in line)
+    assert re.search(r"1 epochs: about \d+ min of training, validation not counted$", estimate)

@@ -21,7 +21,7 @@ from math import comb
 
 import torch
 
-MASK = -1  # a slot whose code is not decided yet
+MASK = -2  # a slot whose code is not decided yet (not the padding item's code, data.dataset.PADDING_CODE)
 
 # denoise(codes [B, G, n] with MASK where undecided) -> log-probabilities [B, G, n, K]
 Denoiser = Callable[[torch.Tensor], torch.Tensor]

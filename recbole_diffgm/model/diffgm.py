@@ -22,11 +22,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from recbole_diffgm.config import config_choice
+from recbole_diffgm.checks import config_choice
 from recbole_diffgm.errors import InputError
 from recbole_diffgm.evaluation import digit_sum_scores
 from recbole_diffgm.model.decoding import MASK, cpd_beam_search, guided_sid_scores
-from recbole_diffgm.model.sid_transformer import MemoryKV, SIDTransformer
+from recbole_diffgm.model.sid_transformer import DecodeRows, MemoryKV, SIDTransformer
 
 
 class DiffGM(SIDTransformer):
@@ -101,7 +101,9 @@ class DiffGM(SIDTransformer):
         """``[B, n]``: the order in which OCN hides the target's slots, least (``guided_select: most``: most)
         confident first, by the model's own prediction with every slot hidden (a probe in eval mode). With
         ``guided_refresh`` the probe is repeated after each hidden slot, on the target with those slots hidden, and
-        the next slot is the least confident of the still visible ones (as the release's refresh variant)."""
+        the next slot is the least confident of the still visible ones: the release's refresh variant from its second
+        probe on (the release's first probe shows every slot and reads outputs that its loss never trains; this one,
+        as without refresh, hides every slot)."""
         was_training = self.training
         self.eval()
         batch, n = target.shape
@@ -159,9 +161,27 @@ class DiffGM(SIDTransformer):
         (the sum of its digits' all-masked log-probabilities): the likelihood of the generative model's own SID
         distribution restricted to the catalogue, so training optimises the ranking that one-pass scoring reads."""
         scores = digit_sum_scores(first_log_probs.float(), self.distinct_sids)  # [B, S]
-        return F.cross_entropy(scores, self.item_leaf[targets], label_smoothing=self.label_smoothing)
+        return F.cross_entropy(scores, self.item_sid_index[targets], label_smoothing=self.label_smoothing)
 
     # ----- inference: CPD, scored per item ----------------------------------------------------------------
+
+    def decode_rows(self, beam_size: int) -> DecodeRows:
+        """One pass: ``rerank_size`` candidates through the decoder and the digit-sum score of every catalogue SID
+        (``digit_sum_scores``' running sum, 3 floats a SID). CPD: at most ``SIDPatterns.widest_beam`` distinct
+        partial SIDs, and the catalogue bookkeeping of ``decoding.SIDPatterns``: the smallest matching SID of every
+        candidate (int32, ``K + 1``) and its legality mask (``K / 4``) per filled slot; per state, its matching
+        SIDs and their codes while they are filtered, some ``7 M`` (``M``: the largest group of SIDs that share a
+        code in one digit); the candidates merged into states (``_keep_best``, ``_merge``), up to beam x digits,
+        some ten int64 tensors."""
+        if self.decode_mode == "one_pass":
+            beams = max(1, self.rerank_size)
+            return DecodeRows(beams, beams, beside=3 * len(self.distinct_sids))
+        states = self.sid_patterns.widest_beam(beam_size)
+        beams = min(states, (self.n_digit * self.n_codes) ** (self.decode_passes - 1))
+        filled = states if self.decode_passes < self.n_digit else beams  # later digits filled for every state
+        group = self.sid_patterns.groups.shape[-1]
+        merged = 20 * min(beam_size * self.n_digit, beams * self.n_digit * self.n_codes)
+        return DecodeRows(beams, filled, self.n_codes + 1 + self.n_codes // 4, states * 7 * group + merged)
 
     def decode(self, item_seq: torch.Tensor, beam_size: int):
         """``decode_mode: cpd``: CPD with ``beam_size`` beams in ``decode_passes`` passes. ``one_pass``: every

@@ -18,9 +18,15 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_diffgm import evaluation
-from recbole_diffgm.config import config_choice
+from recbole_diffgm.checks import config_choice
 from recbole_diffgm.data.dataset import SIDDataset
 from recbole_diffgm.errors import InputError
+
+FLOAT = 4  # bytes of a float32
+# Bytes per (user, item) cell of the item-level stage of ``full_sort_predict`` at its peak (merged SID scores, the
+# digit-sum fallback and its temporaries, float64 tie-breaking: ``evaluation.item_scores``, ``break_ties``), about
+# 53, and RecBole's int32 position matrix (``Collector``).
+CELL_BYTES = 53 + 4
 from recbole_diffgm.model.decoding import PrefixTrie, SIDPatterns
 
 
@@ -29,7 +35,8 @@ class GenerativeRecommender(SequentialRecommender):
 
     input_type = InputType.POINTWISE
     dataset_class = SIDDataset
-    dense_weight: float | None = None  # a dense item head's weight in the item scores (SIDTransformer: dense_head)
+    generates_sids = True  # the lookup gives these models GenerativeTrainer; the memory check asks them their count
+    dense_head = False  # a dense item head whose log-probabilities, times dense_weight, add to the item scores
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -37,7 +44,8 @@ class GenerativeRecommender(SequentialRecommender):
         self.n_digit = item_sid.shape[1]  # config n_digit, plus one with sid_collision: disambiguate
         # Codes per digit; a disambiguation digit (sid_collision: disambiguate) may need more than codebook_size.
         self.n_codes = max(config["codebook_size"], int(item_sid.max()) + 1)
-        self.beam_size = config["test_beam_size"]  # GenerativeTrainer validates with valid_beam_size
+        self.beam_size = config["test_beam_size"]  # the default of every evaluation; GenerativeTrainer validates
+                                                  # with valid_beam_size
         largest_k = max(config["topk"])
         for key in ("valid_beam_size", "test_beam_size"):
             if not (isinstance(config[key], int) and config[key] >= largest_k):
@@ -58,12 +66,14 @@ class GenerativeRecommender(SequentialRecommender):
         self.register_buffer("distinct_sids", item_sid[1:].unique(dim=0), persistent=False)
         # Which partial SIDs some catalogue SID completes, in any fill order (CPD's beam stays on them).
         self.sid_patterns = SIDPatterns(self.distinct_sids, self.n_codes)
-        item_leaf = torch.cat([torch.tensor([self.sid_trie.n_sids]), self.sid_trie.lookup(item_sid[1:])])
-        self.register_buffer("item_leaf", item_leaf, persistent=False)  # the padding item: the spare column
-        self.register_buffer("sid_representative", evaluation.sid_representatives(item_leaf), persistent=False)
+        # Each item's SID as its row of distinct_sids (the trie's leaf id, the column of the per-SID scores); the
+        # padding item gets the spare column n_sids.
+        item_sid_index = torch.cat([torch.tensor([self.sid_trie.n_sids]), self.sid_trie.lookup(item_sid[1:])])
+        self.register_buffer("item_sid_index", item_sid_index, persistent=False)
+        self.register_buffer("sid_representative", evaluation.sid_representatives(item_sid_index), persistent=False)
         # Items that share a SID (sid_collision: keep) are ordered by training popularity (every item of the
         # training split, with train_per_position too: SIDDataset.build), then item id.
-        self.register_buffer("sid_group_rank", evaluation.group_ranks(item_leaf, dataset.item_popularity),
+        self.register_buffer("sid_group_rank", evaluation.group_ranks(item_sid_index, dataset.item_popularity),
                              persistent=False)
         # Saved with the weights (RecBole's other_parameter): a reloaded model keeps the SIDs it was trained on,
         # and items added later get theirs from the same quantizer (SIDDataset).
@@ -77,8 +87,23 @@ class GenerativeRecommender(SequentialRecommender):
         raise NotImplementedError
 
     def dense_log_probs(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """``[B, n_items]``: a dense item head's log-probabilities (with ``dense_weight`` set)."""
+        """``[B, n_items]``: the dense item head's log-probabilities (``dense_head``)."""
         raise NotImplementedError
+
+    def decode_bytes(self, users: int, beam_size: int) -> int:
+        """Peak bytes of ``decode`` for ``users`` histories at ``beam_size``."""
+        raise NotImplementedError
+
+    def eval_batch_bytes(self, users: int, beam_size: int | None = None) -> int:
+        """Peak extra bytes of one full-sort evaluation batch of ``users`` at ``beam_size`` (default ``beam_size``):
+        the decoding (``decode_bytes``), or after it the scores RecBole's evaluator ranks, whichever is larger
+        (``trainer.memory`` checks the estimate before a run trains or evaluates)."""
+        beam_size = beam_size or self.beam_size
+        if self.eval_level == "sid":  # the release's list (evaluation.first_hit_list): beam x beam comparisons
+            scores = users * beam_size * beam_size * FLOAT
+        else:
+            scores = users * self.n_items * (CELL_BYTES + (3 * FLOAT if self.dense_head else 0))
+        return max(self.decode_bytes(users, beam_size), scores)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -88,7 +113,8 @@ class GenerativeRecommender(SequentialRecommender):
             nn.init.zeros_(module.bias)
 
     @torch.no_grad()
-    def generate(self, item_seq: torch.Tensor, top_k: int, dedup: str | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def generate(self, item_seq: torch.Tensor, top_k: int, dedup: str | None = None
+                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per user, the ``top_k`` best SIDs ``[k, n]`` that some item has, and their scores ``[k]``: the
         generative recommendation list, with ``dedup`` ``simple`` / ``weighted`` / ``none`` (default: the
         config's ``dedup_strategy``; ``none`` keeps every beam, so a SID may repeat, as in the released code's
@@ -103,28 +129,30 @@ class GenerativeRecommender(SequentialRecommender):
         return evaluation.ranked_sids(sid_scores, self.distinct_sids, top_k)
 
     @torch.no_grad()
-    def sid_list(self, item_seq: torch.Tensor, rows: torch.Tensor, target_items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def sid_list(self, item_seq: torch.Tensor, rows: torch.Tensor, target_items: torch.Tensor,
+                 beam_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``eval_level: sid``: the release's list as ``scores [B, beam + 1]`` and the column of each target
         (user ``rows``, item ``target_items``; ``evaluation.first_hit_list``), for RecBole's evaluator to rank."""
-        codes, scores, _ = self.decode(item_seq, self.beam_size)
+        codes, scores, _ = self.decode(item_seq, beam_size or self.beam_size)
         leaves = self.sid_trie.lookup(codes)
-        return evaluation.first_hit_list(leaves, (leaves >= 0) & scores.isfinite(), rows, self.item_leaf[target_items])
+        return evaluation.first_hit_list(leaves, (leaves >= 0) & scores.isfinite(), rows, self.item_sid_index[target_items])
 
-    def full_sort_predict(self, interaction) -> torch.Tensor:
-        """Scores ``[B, n_items]`` (``evaluation.item_scores``): items whose SID the beam reached first, by the SID's
+    def full_sort_predict(self, interaction, beam_size: int | None = None) -> torch.Tensor:
+        """Scores ``[B, n_items]`` (``evaluation.item_scores``), decoded at ``beam_size`` (default ``beam_size``, the
+        test beam): items whose SID the beam reached first, by the SID's
         merged beam score (``dedup_strategy``); then every other item by the sum of its digits'
         ``first_log_probs`` (DiffGM: the all-masked step). Items sharing a SID are ordered by training popularity,
-        then item id, exactly (``evaluation.break_ties``: float64 scores). With ``eval_level`` ``sid_masked`` (or
+        then item id, exactly (``evaluation.break_ties``: float64 scores). With ``eval_level`` ``sid_full_sort`` (or
         ``sid``, whose evaluation reads ``sid_list`` instead) only each SID's representative item is scored."""
-        codes, scores, first_log_probs = self.decode(interaction[self.ITEM_SEQ], self.beam_size)
+        codes, scores, first_log_probs = self.decode(interaction[self.ITEM_SEQ], beam_size or self.beam_size)
         sid_scores = evaluation.merge_beams(self.sid_trie.lookup(codes), scores, self.sid_trie.n_sids,
                                             self.dedup_strategy)
         fallback = evaluation.digit_sum_scores(first_log_probs, self.item_sid.clamp(min=0))  # [B, N]
-        item_scores = evaluation.item_scores(sid_scores, self.item_leaf, fallback)
+        item_scores = evaluation.item_scores(sid_scores, self.item_sid_index, fallback)
         if self.eval_level != "item":  # one entry per SID; GenerativeTrainer maps each target to its SID's entry
             item_scores[:, self.sid_representative != torch.arange(self.n_items, device=codes.device)] = float("-inf")
         else:
-            if self.dense_weight is not None:  # the dense head's item scores, fused (item level only)
+            if self.dense_head:  # the dense head's item scores, fused (item level only)
                 item_scores = item_scores + self.dense_weight * self.dense_log_probs(interaction[self.ITEM_SEQ])
             item_scores = evaluation.break_ties(item_scores, self.sid_group_rank)
         item_scores[:, 0] = float("-inf")

@@ -10,16 +10,27 @@ one final LayerNorm serves encoder and decoder (the released DiffGRM code).
 from __future__ import annotations
 
 from logging import getLogger
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from recbole_diffgm.config import config_choice
-from recbole_diffgm.model.generative import GenerativeRecommender
+from recbole_diffgm.checks import config_choice
+from recbole_diffgm.model.generative import FLOAT, GenerativeRecommender
 from recbole_diffgm.model.layers import DecoderBlock, EncoderBlock
 
 MemoryKV = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder block: the history's keys and values
+
+
+class DecodeRows(NamedTuple):
+    """What a decoding holds per user, in rows and floats (``SIDTransformer.decode_bytes``)."""
+
+    beams: int  # decoder rows per digit slot in a pass
+    filled: int  # states a pass leaves, each with its log-probabilities per slot
+    per_filled_slot: int = 0  # floats per filled state and slot beyond its 5 K log-probabilities and candidates
+    per_user: int = 0  # floats per user held while the beam steps (CPD's matching SIDs and merged candidates)
+    beside: int = 0  # floats per user held beside the decoding (one-pass scores of every catalogue SID)
 
 
 class SIDTransformer(GenerativeRecommender):
@@ -37,11 +48,13 @@ class SIDTransformer(GenerativeRecommender):
         self.decoder = nn.ModuleList(DecoderBlock(d_model, n_heads, d_inner, dropout, head_dim, shared)
                                      for _ in range(config["decoder_n_layer"]))
         self.ln_f = nn.LayerNorm(d_model)
-        # Per-position training reads every prefix of a history from one pass: the encoder must then be causal.
-        self.train_per_position = self.causal_encoder = bool(config["train_per_position"])
+        self.train_per_position = bool(config["train_per_position"])
+        # Per-position training reads every prefix of a history from one pass, so its encoder is causal, at
+        # inference too (as trained); a property of the network, which the training rows do not change.
+        self.causal_encoder = self.train_per_position
         # Optional dense item head (LIGER, COBRA): the history's last state scores every item by its own vector.
-        self.dense_weight = config["dense_weight"] if config["dense_head"] else None
-        if self.dense_weight is not None:
+        self.dense_head, self.dense_weight = bool(config["dense_head"]), config["dense_weight"]
+        if self.dense_head:
             self.item_embedding = nn.Embedding(self.n_items, d_model, padding_idx=0)
         self.autocast_dtype = {"none": None, "bf16": torch.bfloat16}[
             config_choice(config, "mixed_precision", ("none", "bf16"))]
@@ -133,12 +146,45 @@ class SIDTransformer(GenerativeRecommender):
     def calculate_loss(self, interaction) -> torch.Tensor:
         """The generative loss (``generative_loss``), plus with the dense head its loss (``dense_loss``)."""
         loss = self.generative_loss(interaction)
-        if self.dense_weight is not None:
+        if self.dense_head:
             loss = loss + self.dense_loss(interaction)
         return loss
 
     def generative_loss(self, interaction) -> torch.Tensor:
         raise NotImplementedError
+
+    def decode_rows(self, beam_size: int) -> DecodeRows:
+        """A left-to-right beam of ``beam_size``: at most every prefix of ``n - 1`` digits, nothing else held."""
+        beams = min(beam_size, (self.n_digit * self.n_codes) ** (self.n_digit - 1))
+        return DecodeRows(beams, beams)
+
+    def decode_bytes(self, users: int, beam_size: int) -> int:
+        """Peak bytes of ``decode`` for ``users`` histories at ``beam_size``.
+
+        Per decoder row (user x beam x digit slot), in floats, while a block runs: the denoiser's two input tensors
+        (``DiffGM.denoise``: the code embeddings and the masked mix of them) and the previous step's
+        log-probabilities and candidate scores (K each); inside a block the largest of its three phases
+        (``DecoderBlock.forward``: the block's input and residuals are held throughout): self-attention
+        ``3D + 5A`` (LayerNorm, fused QKV, attention output, its head-merged copy, projection), cross-attention
+        ``4D + 3A``, FFN ``4D + 2F`` (the residual ``cross`` is still held; GELU's input and output). Torch's CPU
+        attention kernel is blocked (flash), so no ``[rows, keys]`` score matrix is ever held. After the pass: the
+        new log-probabilities, their masked copy, the candidates and the old ones, ``4K`` (``5K`` when a pass fills
+        several digits), and what the decoding keeps besides (``decode_rows``). The history's memory keys and values
+        (``Attention.memory_kv``, every decoder block) are held throughout the decoding; the encoder's working set
+        (``EncoderBlock``: padded attention, FFN; every history counted full) comes before them, so only the larger
+        counts. ``tests/test_memory.py`` holds the count to torch's allocation count.
+        """
+        d_model, block = self.token_embedding.embedding_dim, self.decoder[0]
+        d_attn, d_inner = block.attn.d_attn, block.ffn[0].out_features
+        keys = self.position_embedding.num_embeddings  # history tokens: items (DiffGM, ARGM), digit tokens (TIGER)
+        rows = self.decode_rows(beam_size)
+        in_block = max(3 * d_model + 5 * d_attn, 4 * d_model + 3 * d_attn, 4 * d_model + 2 * d_inner)
+        in_pass = 2 * d_model + 2 * self.n_codes + in_block
+        after_pass = 5 * self.n_codes + rows.per_filled_slot
+        decoder = users * (max(rows.beams * in_pass, rows.filled * after_pass) * self.n_digit + rows.per_user)
+        memory_kv = 2 * len(self.decoder) * users * keys * d_attn
+        encoder = users * keys * max((self.n_digit + 2) * d_model, 3 * d_model + 6 * d_attn, 3 * d_model + 2 * d_inner)
+        return FLOAT * (max(encoder, memory_kv + decoder) + users * rows.beside)
 
     def decode_slots(self, hidden: torch.Tensor, memory_kv: MemoryKV, memory_mask: torch.Tensor,
                      causal: bool = False, scored: torch.Tensor | None = None) -> torch.Tensor:

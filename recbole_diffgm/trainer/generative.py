@@ -23,7 +23,7 @@ class GenerativeTrainer(PluginTrainerMixin, Trainer):
     - with ``warmup_steps`` set, the learning rate rises linearly for that many steps, then follows a cosine
       to 0 at the last step of ``planned_epochs()`` (per optimizer step; a resumed run continues the schedule);
     - with ``eval_level: sid``, the DiffGRM release's SID-level protocol (``GenerativeRecommender.sid_list``):
-      RecBole's evaluator ranks list positions, and the target is the position of its SID; with ``sid_masked``,
+      RecBole's evaluator ranks list positions, and the target is the position of its SID; with ``sid_full_sort``,
       each target counts as its SID's representative item, which the model scores alone for its SID; the
       metrics carry the level's prefix (``evaluation.metric_prefix``: ``sid_ndcg@10``).
     """
@@ -31,6 +31,7 @@ class GenerativeTrainer(PluginTrainerMixin, Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self.scheduler = None
+        self.beam_size = None  # the beam of the evaluation under way: valid_beam_size in validation, else the model's
         # The cosine's plan reads the config's cap, never ``self.epochs``: ``fit`` lowers that for the epochs before
         # the first validation, and a plan that followed it would decay to 0 there and jump back after.
         self.epoch_cap = config["epochs"]
@@ -73,14 +74,16 @@ class GenerativeTrainer(PluginTrainerMixin, Trainer):
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
     def _full_sort_batch_eval(self, batched_data):
+        # RecBole's, with the beam of this evaluation; generative models are sequential, so RecBole passes no
+        # history to mask (history_index is None) and item 0, the padding, is already -inf.
+        interaction, _, positive_u, positive_i = batched_data
+        interaction = interaction.to(self.device)
         if self.model.eval_level == "sid":  # the release's list: columns are list positions, not items
-            interaction, _, positive_u, positive_i = batched_data
-            interaction = interaction.to(self.device)
             scores, columns = self.model.sid_list(interaction[self.model.ITEM_SEQ], positive_u.to(self.device),
-                                                  positive_i.to(self.device))
+                                                  positive_i.to(self.device), self.beam_size)
             return interaction, scores, positive_u, columns.to(positive_i.device)
-        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
-        if self.model.eval_level == "sid_masked":
+        scores = self.model.full_sort_predict(interaction, self.beam_size)
+        if self.model.eval_level == "sid_full_sort":
             positive_i = self.model.sid_representative[positive_i.to(self.device)].to(positive_i.device)
         return interaction, scores, positive_u, positive_i
 
@@ -90,8 +93,8 @@ class GenerativeTrainer(PluginTrainerMixin, Trainer):
         return result and OrderedDict((self.metric_prefix + name, value) for name, value in result.items())
 
     def _valid_epoch(self, valid_data, show_progress=False):
-        test_beam_size, self.model.beam_size = self.model.beam_size, self.config["valid_beam_size"]
+        self.beam_size = self.config["valid_beam_size"]
         try:
             return super()._valid_epoch(valid_data, show_progress=show_progress)
         finally:
-            self.model.beam_size = test_beam_size
+            self.beam_size = None

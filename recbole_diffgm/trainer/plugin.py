@@ -4,17 +4,16 @@ budget, the time left), one selection rule, a learning curve, DDP on the CPU; ch
 
 from __future__ import annotations
 
-import csv
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from recbole_diffgm.checks import config_choice, parse_duration
 from recbole_diffgm.errors import InputError
+from recbole_diffgm.files import write_csv_atomically
 from recbole_diffgm.trainer.checkpoint import CheckpointMixin
 from recbole_diffgm.trainer.memory import check_trainer_memory
 
@@ -29,38 +28,24 @@ def _curve_file_of(model_file: str | Path) -> Path:
     return Path(model_file).parent / name
 
 
-def _write_csv_atomically(rows: list[dict], path: Path) -> None:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".partial",
-                                     delete=False, newline="") as out:
-        writer = csv.DictWriter(out, columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(out.name, path)
-
-
-def parse_duration(value, key: str) -> float | None:
-    """Seconds from ``value``: a number of seconds, or text with a unit (``90s``, ``60m``, ``1.5h``); ``None`` stays
-    ``None``. ``key`` names the setting in the error."""
-    if value is None:
-        return None
-    text = str(value).strip()
-    units = {"s": 1, "m": 60, "h": 3600}
-    try:
-        seconds = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
-    except ValueError:
-        seconds = float("nan")
-    if not seconds > 0:
-        raise InputError(f"{key} '{value}': give a positive duration in seconds or with a unit, e.g. 3600, 60m, 1.5h")
-    return seconds
-
-
 def _now() -> dict[str, float]:
     return {"wall": time.monotonic(), "process": time.process_time()}
 
 
+# The first estimate of a run's cost is logged at the end of the first step after this much training (so within the
+# first minute unless one step takes longer), from the steps measured so far.
+FIRST_ESTIMATE_AFTER_S = 20
+
+
 class _BudgetSpent(Exception):
     """Raised between epochs when the next epoch would end past ``time_budget``."""
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` in the unit that reads best: minutes, hours or days."""
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < 2 * 86400 else f"{seconds / 86400:.1f} days"
 
 
 def epochs_the_budget_allows(budget: float, spent: float, epochs_trained: int) -> int:
@@ -87,7 +72,9 @@ class PluginTrainerMixin(CheckpointMixin):
 
     - the resume state (``CheckpointMixin``) carries the time spent, the epochs trained and the curve
       (``progress_state``), so a resumed run keeps its budget and curve;
-    - from the second epoch on, each epoch logs the time per epoch so far and an estimate of the time left;
+    - the first epoch this process trains logs an estimate of the epoch's and the run's training time from its
+      first steps (``FIRST_ESTIMATE_AFTER_S``), with ``slow_run_advice`` when the run would train for over an
+      hour; from the second epoch on, each epoch logs the time per epoch so far and an estimate of the time left;
     - on the CPU (RecBole pins the DDP model to ``device_ids=[local_rank]``, which only a GPU module accepts);
     - every rank names the checkpoint as rank 0 does (RecBole names it by each process's clock, to the
       second, and only rank 0 writes it), and waits for rank 0 before reloading it for the test.
@@ -109,11 +96,13 @@ class PluginTrainerMixin(CheckpointMixin):
             torch.distributed.broadcast_object_list(names, src=0)
             self.saved_model_file = names[0]
         self._epoch_clock = None  # (first epoch of this process, when it started): the time-left estimate
+        # (steps, steps per epoch, when the first epoch of this process started) until its first estimate is logged
+        self._first_steps = None
+        self.slow_run_advice: str | None = None  # what to run instead of a run that trains for over an hour
+        if getattr(self, "optimizer", None) is not None:
+            self.optimizer.register_step_post_hook(lambda *_: self._count_first_step())
         self.time_budget = parse_duration(config["time_budget"], "time_budget")
-        clocks = {"wall": time.monotonic, "process": time.process_time}
-        if config["time_budget_clock"] not in clocks:
-            raise InputError(f"unknown time_budget_clock '{config['time_budget_clock']}'; choose one of wall, process")
-        self._budget_clock = clocks[config["time_budget_clock"]]
+        config_choice(config, "time_budget_clock", ("wall", "process"))
         # Time so far ({clock: seconds}) with validation, and in validation alone, across resumes.
         self._spent = {"wall": 0.0, "process": 0.0}
         self._validating = {"wall": 0.0, "process": 0.0}
@@ -132,6 +121,8 @@ class PluginTrainerMixin(CheckpointMixin):
         spent = self._budget_spent()
         self._check_budget(spent)
         self._log_time_left(epoch_idx, spent)
+        if self._epoch_clock[0] == epoch_idx:  # the first epoch of this process
+            self._first_steps = (0, len(train_data), _now())
         self._epoch_idx = epoch_idx
         return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
 
@@ -199,7 +190,7 @@ class PluginTrainerMixin(CheckpointMixin):
                            "valid_seconds": round(validating["wall"], 3), "valid_score": float(valid_score),
                            **{name: float(value) for name, value in valid_result.items()}})
         if self._is_writer():
-            _write_csv_atomically(self.curve, self.curve_file)
+            write_csv_atomically(self.curve, self.curve_file)
 
     def best_epoch(self) -> int | None:
         """The epoch of the selected checkpoint: the last validation with the best score (RecBole's early stopping
@@ -225,6 +216,33 @@ class PluginTrainerMixin(CheckpointMixin):
         self.logger.info(f"epoch {epoch_idx}/{epochs}: {per_epoch / 60:.1f} min per epoch so far (with validation); "
                          f"about {left * per_epoch / 60:.0f} min left ({left} epoch{'s' * (left != 1)} to the "
                          f"{limit}), less if early stopping ends it")
+
+    def _count_first_step(self) -> None:
+        if self._first_steps is None:
+            return
+        steps, per_epoch, started = self._first_steps
+        steps, now = steps + 1, _now()
+        self._first_steps = (steps, per_epoch, started)
+        if now["wall"] - started["wall"] >= FIRST_ESTIMATE_AFTER_S or steps == per_epoch:
+            self._first_steps = None
+            self._log_first_estimate(steps, per_epoch, {clock: now[clock] - started[clock] for clock in now})
+
+    def _log_first_estimate(self, steps: int, per_epoch: int, seconds: dict[str, float]) -> None:
+        """The cost of an epoch and of the run's training, from its first ``steps`` of ``per_epoch``."""
+        epoch = {clock: value * per_epoch / steps for clock, value in seconds.items()}
+        epochs = self.config["epochs"] - self._epoch_clock[0]
+        run, plan = epochs * epoch["wall"], f"{epochs} epochs"
+        if self.time_budget is not None:
+            clock = self.config["time_budget_clock"]
+            fitting = max(1, int(self.time_budget // epoch[clock]))
+            if fitting < epochs:
+                run, plan = fitting * epoch["wall"], f"{fitting} epochs to the time budget"
+        line = (f"first estimate, from {steps} of {per_epoch} steps: {epoch['wall'] / 60:.1f} min an epoch of "
+                f"training ({epoch['process'] / 60:.1f} CPU-min), {plan}: about {_duration(run)} of training, "
+                "validation not counted")
+        if run > 3600 and self.slow_run_advice:
+            line += f"; {self.slow_run_advice}"
+        self.logger.info(line)
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         check_trainer_memory(self, train_data, training=True)  # an evaluation batch that cannot fit: before epoch 0
