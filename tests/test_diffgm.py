@@ -49,10 +49,35 @@ def train_steps(model, batch, steps: int = 20) -> list[float]:
     return losses
 
 
-def test_training_lowers_the_loss(tiny):
-    model, batch, _ = tiny
-    losses = train_steps(model, batch)
-    assert losses[-1] < losses[0] - 0.1
+def best_sid_accuracy(model, batch, beam_size: int = 16) -> float:
+    """The share of ``batch``'s rows whose target SID is the model's best decoded SID (``decode``'s first beam)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        codes, _, _ = model.decode(batch[model.ITEM_SEQ], beam_size)
+    model.train(was_training)
+    return (codes[:, 0] == model.item_sid[batch[model.POS_ITEM_ID]]).all(dim=-1).float().mean().item()
+
+
+def history_blind_accuracy(model, batch) -> float:
+    """The best ``best_sid_accuracy`` of a model that ignores the history: the most frequent target SID's share."""
+    _, counts = model.item_sid[batch[model.POS_ITEM_ID]].unique(dim=0, return_counts=True)
+    return counts.max().item() / len(batch)
+
+
+def test_training_learns_the_next_item_of_each_history(tiny_config):
+    """In the tiny data each history's next item is the one after its last (``conftest.write_tiny``): learnable from
+    the history only. 120 steps on one batch must put the target's SID first for 4 rows in 5, where a model blind to
+    the history reaches at most 1 in 10, and the loss below half its chance level (ln of the codes per digit)."""
+    config = Config("DiffGM", NAME, config_dict={**tiny_config, "dropout": 0.0})
+    train, _, _ = data_preparation(config, create_dataset(config))
+    torch.manual_seed(0)
+    model = get_model("DiffGM")(config, train._dataset)
+    batch = next(iter(train))
+    assert history_blind_accuracy(model, batch) <= 0.1 and best_sid_accuracy(model, batch) <= 0.1
+    losses = train_steps(model, batch, steps=120)
+    assert losses[-1] < 0.5 * math.log(model.n_codes)
+    assert best_sid_accuracy(model, batch) >= 0.8
 
 
 def constant_denoiser(model, confidence: list[float]):
@@ -99,30 +124,33 @@ def test_entropy_confidence_can_order_slots_unlike_max_probability(tiny):
 
 
 def test_guided_refresh_reprobes_with_the_hidden_slots(tiny):
-    model, batch, _ = tiny
-    model.eval()
-    target = model.item_sid[batch[model.POS_ITEM_ID]]
-    rows = torch.arange(len(target))
-    with torch.no_grad():
-        memory_kv, memory_mask = model.encode(batch[model.ITEM_SEQ])
-        model.guided_refresh = True
-        order = model.guided_order(target, memory_kv, memory_mask)
-        # By hand, with the real network: probe with every slot hidden and take the least confident; then probe
-        # with the chosen slots hidden and take the least confident of the slots still visible.
-        chosen = torch.zeros_like(target, dtype=torch.bool)
-        hidden = torch.ones_like(chosen)
-        picks = []
-        for _ in range(model.n_digit):
-            inputs = torch.where(hidden[..., None], model.mask_embedding, model.token_embedding(target + model.code_offsets))
-            probe = model.decode_slots(inputs[:, None], memory_kv, memory_mask)[:, 0]
-            pick = probe.amax(dim=-1).masked_fill(chosen, float("inf")).argmin(dim=1)
-            picks.append(pick)
-            chosen[rows, pick] = True
-            hidden = chosen.clone()
-    assert torch.equal(order, torch.stack(picks, dim=1))
-    # The bug this guards: visible slots scored -inf after the first pick, so the rest came in slot order.
-    slot_order = [[first] + [slot for slot in range(model.n_digit) if slot != first] for first in order[:, 0].tolist()]
-    assert order.tolist() != slot_order
+    """The release's refresh (``guided_refresh_each_step``, genrec/models/DIFF_GRM/model.py of DiffGRM): hide the
+    least confident slot, probe again with the slots hidden so far and the rest showing their codes, hide the least
+    confident of the still visible slots (outputs the loss never trains), and so on. The release's first probe
+    shows every slot; this one hides every slot, as OCN's probe without refresh: a deviation, which here would give
+    3, 0, 1, 2. By hand on 4 slots: a hidden slot's confidence is ``hidden[s]``, a visible one's ``visible[s]``, less
+    0.2 while the slot before it (cyclically) is hidden. Every slot hidden: slot 1 (0.3) first. Probe {1}: visible
+    0: 0.9, 2: 0.85 - 0.2, 3: 0.75, so slot 2. Probe {1, 2}: 0: 0.9, 3: 0.75 - 0.2, so slot 3; then slot 0. Without
+    refresh, or reading the hidden slots' outputs: 1, 2, 0, 3."""
+    model, _, _ = tiny
+    hidden, visible = [0.6, 0.3, 0.5, 0.7], [0.9, 0.8, 0.85, 0.75]
+    probes = []
+
+    def denoise(codes, memory_kv, memory_mask, every_slot=False):
+        masked = (codes == MASK)[0, 0].tolist()
+        probes.append({slot for slot in range(4) if masked[slot]})
+        confidence = torch.tensor([hidden[slot] if masked[slot] else visible[slot] - 0.2 * masked[slot - 1]
+                                   for slot in range(4)])
+        probs = torch.cat([confidence[:, None], ((1 - confidence) / 7)[:, None].expand(4, 7)], dim=1)
+        log_probs = probs.log().expand(*codes.shape, 8).clone()
+        if not every_slot:  # as DiffGM.denoise: visible slots get no output
+            log_probs[codes != MASK] = float("-inf")
+        return log_probs
+
+    model.denoise, model.guided_refresh = denoise, True
+    order = model.guided_order(torch.zeros(1, 4, dtype=torch.long), None, None)
+    assert probes == [{0, 1, 2, 3}, {1}, {1, 2}]
+    assert order.tolist() == [[1, 2, 3, 0]]
 
 
 def test_sequential_paths_are_nested_random_orders(tiny):
@@ -275,19 +303,27 @@ def test_generate_without_dedup_keeps_every_legal_beam_in_order(two_digit):
         assert kept_scores.tolist() == [s for _, s in legal]
 
 
-def test_every_item_is_scored_and_predict_agrees(tiny):
+def test_every_item_scores_the_all_masked_log_probability_of_its_sid(tiny):
+    """One-pass decoding with a beam as wide as the catalogue: an item's score is the sum of its SID's digits'
+    log-probabilities in the all-masked pass (up to the popularity tie-break, below 1e-5), the padding item's
+    ``-inf``. ``predict`` gives each (user, candidate) pair that score, each user's row repeated with several
+    candidates in one batch, as RecBole's sampled evaluation asks."""
     model, _, interaction = tiny
     model.eval()
+    model.decode_mode, model.beam_size = "one_pass", len(model.distinct_sids)
+    users = torch.arange(len(interaction)).repeat_interleave(5)
+    candidates = torch.randint(1, model.n_items, (len(users),), generator=torch.Generator().manual_seed(0))
+    pairs = interaction[users]
+    pairs.interaction["item_id"] = candidates
     with torch.no_grad():
-        scores = model.full_sort_predict(interaction)
-        assert scores.shape == (len(interaction), model.n_items)
-        assert scores[:, 0].eq(float("-inf")).all() and scores[:, 1:].isfinite().all()
-        # As RecBole's sampled evaluation asks: each user's row repeated with other candidate items, in one batch.
-        users = torch.arange(len(interaction)).repeat_interleave(5)
-        candidates = torch.randint(1, model.n_items, (len(users),), generator=torch.Generator().manual_seed(0))
-        pairs = interaction[users]
-        pairs.interaction["item_id"] = candidates
-        torch.testing.assert_close(model.predict(pairs), scores[users, candidates], rtol=0, atol=0)
+        memory_kv, memory_mask = model.encode(interaction[model.ITEM_SEQ])
+        all_masked = model.denoise(torch.full((len(interaction), 1, model.n_digit), MASK), memory_kv, memory_mask)[:, 0]
+        scores, predicted = model.full_sort_predict(interaction), model.predict(pairs)
+    sid = model.item_sid[1:]
+    expected = torch.stack([all_masked[:, digit, sid[:, digit]] for digit in range(model.n_digit)]).sum(0).double()
+    assert scores.shape == (len(interaction), model.n_items) and scores[:, 0].isneginf().all()
+    torch.testing.assert_close(scores[:, 1:], expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(predicted, expected[users, candidates - 1], rtol=0, atol=1e-5)
 
 
 @pytest.fixture
@@ -419,14 +455,14 @@ def test_the_cosine_spans_every_epoch_when_validation_starts_late(tiny_config):
     assert rates == pytest.approx(expected)
 
 
-def test_sid_masked_metrics_rank_every_catalogue_sid(tiny_config):
-    config = Config("DiffGM", NAME, config_dict={**tiny_config, "n_digit": 2, "eval_level": "sid_masked",
+def test_sid_full_sort_metrics_rank_every_catalogue_sid(tiny_config):
+    config = Config("DiffGM", NAME, config_dict={**tiny_config, "n_digit": 2, "eval_level": "sid_full_sort",
                                                  "test_beam_size": 128, "topk": [1, 5]})
     train, valid, _ = data_preparation(config, create_dataset(config))
     model = get_model("DiffGM")(config, train._dataset).eval()
     trainer = get_trainer(config["MODEL_TYPE"], "DiffGM")(config, model)
     result = trainer.evaluate(valid, load_best_model=False)
-    assert set(result) == {"sid_masked_recall@1", "sid_masked_recall@5", "sid_masked_ndcg@1", "sid_masked_ndcg@5"}
+    assert set(result) == {"sid_full_sort_recall@1", "sid_full_sort_recall@5", "sid_full_sort_ndcg@1", "sid_full_sort_ndcg@5"}
 
     # By hand: rank each target's SID among the catalogue's SIDs by their best beam score.
     ranks = []
@@ -436,11 +472,11 @@ def test_sid_masked_metrics_rank_every_catalogue_sid(tiny_config):
             best.setdefault(sid, score)
         ranks.append(1 + sum(score > best[target_sid] for score in best.values()))
     ranks = torch.tensor(ranks, dtype=torch.float)
-    assert 0 < result["sid_masked_recall@5"] < 1  # a mix of hits and misses, so the comparison means something
-    assert result["sid_masked_recall@5"] == pytest.approx(round((ranks <= 5).float().mean().item(), 4))
-    assert result["sid_masked_recall@1"] == pytest.approx(round((ranks <= 1).float().mean().item(), 4))
+    assert 0 < result["sid_full_sort_recall@5"] < 1  # a mix of hits and misses, so the comparison means something
+    assert result["sid_full_sort_recall@5"] == pytest.approx(round((ranks <= 5).float().mean().item(), 4))
+    assert result["sid_full_sort_recall@1"] == pytest.approx(round((ranks <= 1).float().mean().item(), 4))
     ndcg = torch.where(ranks <= 5, 1 / torch.log2(ranks + 1), 0.0).mean().item()
-    assert result["sid_masked_ndcg@5"] == pytest.approx(round(ndcg, 4))
+    assert result["sid_full_sort_ndcg@5"] == pytest.approx(round(ndcg, 4))
 
 
 def test_weighted_dedup_sums_the_probability_of_every_path_to_a_sid(tiny_config):
@@ -586,9 +622,9 @@ def test_the_dense_head_adds_its_loss_and_its_item_scores_at_item_level_only(tin
     model.eval()
     with torch.no_grad():
         fused = model.full_sort_predict(interaction)
-        model.dense_weight = None
+        model.dense_head = False
         pure = model.full_sort_predict(interaction)
-        model.dense_weight = 0.5
+        model.dense_head = True
         dense = model.dense_log_probs(interaction[model.ITEM_SEQ])
     items = torch.arange(1, model.n_items)
     # Up to the tie-break (below a float32 step), fused = pure + 0.5 dense.
@@ -597,10 +633,10 @@ def test_the_dense_head_adds_its_loss_and_its_item_scores_at_item_level_only(tin
     shared = next(group for group in _sid_groups(model) if len(group) > 1)
     assert torch.equal(fused[:, shared].argsort(dim=1), dense[:, shared].argsort(dim=1))
 
-    model.eval_level = "sid_masked"  # SID level stays purely generative
+    model.eval_level = "sid_full_sort"  # SID level stays purely generative
     with torch.no_grad():
         sid_fused = model.full_sort_predict(interaction)
-        model.dense_weight = None
+        model.dense_head = False
         assert torch.equal(sid_fused, model.full_sort_predict(interaction))
 
 
@@ -673,7 +709,7 @@ def test_a_per_position_run_trains_and_tests(tiny_config):
     # Reloaded, the model orders the items of a SID by the same training popularity: every training item.
     _, model, dataset, *_ = load_data_and_model(result["model_file"])
     counts = _training_item_counts(dataset, tiny_config["data_path"])
-    assert torch.equal(model.sid_group_rank, group_ranks(model.item_leaf, counts))
+    assert torch.equal(model.sid_group_rank, group_ranks(model.item_sid_index, counts))
 
 
 def test_the_popularity_tie_break_counts_training_interactions_only(tiny_config, tmp_path):
@@ -715,7 +751,7 @@ def test_the_popularity_tie_break_counts_every_training_item_with_or_without_per
         train, _, _ = data_preparation(config, dataset)
         model = get_model("DiffGM")(config, train._dataset)
         counts = _training_item_counts(dataset, tiny_config["data_path"])
-        assert torch.equal(model.sid_group_rank, group_ranks(model.item_leaf, counts))
+        assert torch.equal(model.sid_group_rank, group_ranks(model.item_sid_index, counts))
         assert torch.equal(train._dataset.item_popularity, counts)
         ranks.append(model.sid_group_rank)
     assert torch.equal(*ranks)
