@@ -42,6 +42,7 @@ from recbole_diffgm.errors import InputError
 from recbole_diffgm.files import write_csv_atomically, write_json_atomically
 
 QUALITY = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+CASES = ("in-set", "cold")  # the cold-start protocol's kinds of test case (quick_start.evaluate_by_case)
 # Config keys that say where a run writes or runs, not what it computes: left out of its key.
 _PLACE_KEYS = {"data_path", "checkpoint_dir", "sid_cache_dir", "dataset_save_path", "dataloaders_save_path",
                "show_progress", "state", "gpu_id", "device", "use_gpu", "log_wandb", "wandb_project", "nproc",
@@ -233,18 +234,27 @@ PART_VERSIONS = {
 _ATOMIC_SUFFIXES = ("inter", "user", "item", "kg", "link", "net")  # RecBole's atomic files
 
 
+# Keys added after runs were finished, with the value that computes what those runs computed: a run whose key holds
+# that value digests as if the key did not exist, so adding a key with its "off" value keeps every finished run.
+_ADDED_KEYS = {"cold_items": 0, "cold_items_seed": 2020}
+_ABSENT = object()
+
+
 def run_key(config, generative: bool) -> str:
     """Digest of what determines a run's result: its resolved config (every property file's effect included; less
-    where it writes, and for a RecBole model less ``properties/generative.yaml``'s keys), the dataset's atomic
+    where it writes, and for a model that reads no item text less ``properties/generative.yaml``'s keys), the
+    dataset's atomic
     files (and for a generative model its shipped SIDs), RecBole's version and the code version (``code_version``)."""
     from importlib.metadata import version
 
     from recbole_diffgm.config import PROPERTIES_DIR
+    from recbole_diffgm.registry import reads_item_text
 
     ignored = set(_PLACE_KEYS)
-    if not generative:  # keys only the SID stage and the generative models read
+    if not (generative or reads_item_text(config["model"])):  # keys only the models that read item text read
         ignored |= set(yaml.safe_load((PROPERTIES_DIR / "generative.yaml").read_text()))
-    settings = {key: value for key, value in _plain(config.final_config_dict).items() if key not in ignored}
+    settings = {key: value for key, value in _plain(config.final_config_dict).items() if key not in ignored
+                and _ADDED_KEYS.get(key, _ABSENT) != value}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(f"recbole {version('recbole')}".encode())
     kind = "generative" if generative else "recbole"
@@ -355,9 +365,15 @@ def _summarise(label: str, runs: list[dict]) -> dict:
     row = {"model": label, "seeds": len(done), "error": "; ".join(dict.fromkeys(errors)) + (
                f" ({len(errors)} of {len(runs)} seeds)" if len(runs) > 1 and errors else ""),
            "curves": [run.get("curve", []) for run in done], "reused": sum(bool(run.get("reused")) for run in done)}
-    for prefix, key in (("", "test_result"), ("sid_", "sid_test_result")):
+    # The test metrics, SID-level ones (sid_), and the cold-start protocol's cases (cold_, in-set_)
+    results = {"": lambda run: run.get("test_result") or {},
+               "sid_": lambda run: {name.removeprefix("sid_"): value for name, value in
+                                    (run.get("sid_test_result") or {}).items()},
+               **{f"{case}_": (lambda run, case=case: (run.get("test_result_by_case") or {}).get(case, {}))
+                  for case in CASES}}
+    for prefix, result in results.items():
         for metric in QUALITY:
-            values = [run[key][prefix + metric] for run in done if prefix + metric in run.get(key, {})]
+            values = [result(run)[metric] for run in done if metric in result(run)]
             if values:
                 row[prefix + metric] = statistics.mean(values)
                 row[prefix + metric + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -389,7 +405,8 @@ def _number(row: dict, field: str, pattern: str, scale: float = 1) -> str:
 
 
 def _write_tables(rows: list[dict], dataset: str, out: Path, command: str | None) -> None:
-    columns = [*QUALITY, *(f"sid_{m}" for m in QUALITY)]
+    cases = [case for case in CASES if any(f"{case}_{QUALITY[0]}" in row for row in rows)]  # cold_items runs only
+    columns = [*QUALITY, *(f"sid_{m}" for m in QUALITY), *(f"{case}_{m}" for case in cases for m in QUALITY)]
     selections = set().union(*(row.get("selection", set()) for row in rows))
     budgets = set().union(*(row.get("budget", set()) for row in rows))
     per_row = len(selections) > 1 or len(budgets) > 1
@@ -426,7 +443,10 @@ def _write_tables(rows: list[dict], dataset: str, out: Path, command: str | None
         "that no item has and repeats dropped, history not masked; a hit is generating the target's SID). "
         "SIDs: quantizer, digits × codes (+ a disambiguation digit), collision policy, items that share their SID. "
         "Mean ± standard deviation over seeds. Training time leaves validation out (valid min); inference: loading the best "
-        "checkpoint and scoring every test user, per user. Reused: runs taken from an earlier command with the "
+        "checkpoint and scoring every test user, per user. "
+        + ("`cold_` and `in-set_` columns: the test cases whose target is a held-out item (cold_items: no training "
+           "row holds it) and the others, each alone; the unprefixed columns are all cases. " if cases else "")
+        + "Reused: runs taken from an earlier command with the "
         f"same config, data and code version ({dataset}-runs/). Learning curves: {dataset}-curves.png, {dataset}-curves/.\n\n"
         + "\n".join(lines) + "\n")
 

@@ -17,6 +17,7 @@ from recbole.utils import get_environment, get_flops, init_logger, init_seed, se
 
 from recbole_diffgm.compat import load_checkpoint
 from recbole_diffgm.config import Config
+from recbole_diffgm.data.cold_items import cold_case_mask
 from recbole_diffgm.data.dataset import SIDDataset
 from recbole_diffgm.data.sid import SIDSettings, ship_sids
 from recbole_diffgm.errors import InputError
@@ -72,7 +73,8 @@ def run_recbole_diffgm(model=None, dataset=None, config_file_list=None, config_d
         ``train_seconds``, ``train_cpu_seconds`` (this process's CPU time; both without validation, across
         resumes), ``valid_seconds`` (validation, wall), ``epochs_run``, ``best_epoch``, ``stop_reason``
         (``patience``, ``epoch cap`` or ``time budget``), ``curve`` (a row per validation: epoch, training seconds
-        so far, every validation metric) and its ``curve_file``, ``test_seconds`` (loading the best checkpoint and
+        so far, every validation metric) and its ``curve_file``, ``test_result_by_case`` (with ``cold_items``: the
+        test metrics of the ``in-set`` and ``cold`` cases alone, each with its count of ``cases``), ``test_seconds`` (loading the best checkpoint and
         scoring every test user), ``test_users``, ``parameters``, ``device`` and ``model_file`` (``None`` when not
         saved); with several processes, rank 0's.
     """
@@ -147,15 +149,19 @@ def _run(model, dataset, config_file_list, config_dict, saved, callback_fn=None,
     start = time.perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"]) if test else None
     test_seconds = time.perf_counter() - start
+    test_by_case = evaluate_by_case(trainer, test_data, config["show_progress"]) if test else {}
 
     logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
+    for case, result in test_by_case.items():
+        logger.info(set_color(f"test result, {case} items", "yellow") + f": {result}")
     return {
         "best_valid_score": best_valid_score,
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result,
         "test_result": test_result,
+        "test_result_by_case": test_by_case,
         "train_seconds": train_seconds["wall"],
         "train_cpu_seconds": train_seconds["process"],
         "valid_seconds": valid_seconds["wall"],
@@ -170,6 +176,22 @@ def _run(model, dataset, config_file_list, config_dict, saved, callback_fn=None,
         "device": str(config["device"]),
         "model_file": trainer.saved_model_file if saved else None,
     }
+
+
+def evaluate_by_case(trainer, eval_data, show_progress: bool = False) -> dict[str, dict]:
+    """Under the item cold-start protocol (``cold_items``), the metrics of the ``in-set`` and of the ``cold`` cases
+    of ``eval_data`` alone (``{}`` without it): RecBole's evaluation of a copy of the split that holds only those
+    cases, with the model as it is (after the overall evaluation has loaded the best checkpoint)."""
+    cold = cold_case_mask(eval_data._dataset)
+    if cold is None:
+        return {}
+    results = {}
+    for case, rows in (("in-set", ~cold), ("cold", cold)):
+        subset = eval_data._dataset.copy(eval_data._dataset.inter_feat[rows])
+        loader = type(eval_data)(eval_data.config, subset, eval_data._sampler, shuffle=False)
+        results[case] = {**dict(trainer.evaluate(loader, load_best_model=False, show_progress=show_progress)),
+                         "cases": int(rows.sum())}
+    return results
 
 
 def build_item_sids(model=None, dataset=None, config_file_list=None, config_dict=None, ship=False):

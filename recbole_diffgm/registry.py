@@ -32,6 +32,7 @@ PLUGIN_MODELS = {
     "DigitClassifier": "recbole_diffgm.model.digit_classifier",
     "ARGM": "recbole_diffgm.model.argm",
     "TIGER": "recbole_diffgm.model.tiger",
+    "TextSASRec": "recbole_diffgm.model.text_sasrec",
 }
 
 
@@ -76,6 +77,13 @@ def _with_plugin_mixin(mixin: type, trainer_class: type) -> type:
 def generates_sids(model_name: str) -> bool:
     """Whether the model decodes semantic IDs (``GenerativeRecommender.generates_sids``)."""
     return getattr(get_model(model_name), "generates_sids", False)
+
+
+def reads_item_text(model_name: str) -> bool:
+    """Whether the model reads its items' texts (a SID model, or ``reads_item_text``, e.g. ``TextSASRec``): its runs
+    depend on the text settings (``item_text_fields``, ``sent_emb_model``)."""
+    model = get_model(model_name)
+    return getattr(model, "generates_sids", False) or getattr(model, "reads_item_text", False)
 
 
 def get_trainer(model_type, model_name: str) -> type:

@@ -10,9 +10,11 @@ from logging import getLogger
 from pathlib import Path
 
 import recbole.data
+from recbole.utils import ModelType
 from recbole.utils.argument_list import dataset_arguments
 
 from recbole_diffgm.data.atomic_files import ensure_dataset, orders_by_file
+from recbole_diffgm.data.cold_items import with_cold_items
 from recbole_diffgm.data.dataset import FileOrderSequentialDataset
 from recbole_diffgm.errors import InputError
 from recbole_diffgm.registry import available_models, get_model, get_trainer
@@ -51,10 +53,21 @@ def _file_order_class(config) -> type:
     return FileOrderSequentialDataset
 
 
+def _recbole_dataset_class(config) -> type:
+    """The dataset class RecBole's ``create_dataset`` would build for ``config``'s model."""
+    classes = recbole.data.dataset
+    if hasattr(classes, f"{config['model']}Dataset"):
+        return getattr(classes, f"{config['model']}Dataset")
+    return classes.SequentialDataset if config["MODEL_TYPE"] == ModelType.SEQUENTIAL else (
+        classes.KnowledgeBasedDataset if config["MODEL_TYPE"] == ModelType.KNOWLEDGE else classes.Dataset)
+
+
 def _build_dataset(config, dataset_class, sid_catalogue):
     dataset_class = dataset_class or getattr(get_model(config["model"]), "dataset_class", None)
     if dataset_class is None and orders_by_file(config):
         dataset_class = _file_order_class(config)
+    if dataset_class is None and config["cold_items"]:  # RecBole's class, with the protocol on its splits
+        dataset_class = with_cold_items(_recbole_dataset_class(config))
     if dataset_class is None:
         return recbole.data.create_dataset(config)
     if sid_catalogue is not None:

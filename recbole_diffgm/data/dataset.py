@@ -12,6 +12,7 @@ from recbole.data.dataset import SequentialDataset
 from recbole.utils import FeatureSource, FeatureType
 
 from recbole_diffgm.data import item_text
+from recbole_diffgm.data.cold_items import ColdItemSplit
 from recbole_diffgm.data.sid import (
     SIDSettings,
     build_sids,
@@ -19,6 +20,7 @@ from recbole_diffgm.data.sid import (
     shipped_sids_file,
 )
 from recbole_diffgm.data.sid.collisions import collision_report
+from recbole_diffgm.data.sid.embed import embed_texts
 from recbole_diffgm.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -26,13 +28,14 @@ logger = logging.getLogger(__name__)
 PADDING_CODE = -1  # the codes of item id 0 (RecBole's padding item): no code at all
 
 
-class FileOrderSequentialDataset(SequentialDataset):
+class FileOrderSequentialDataset(ColdItemSplit, SequentialDataset):
     """RecBole's ``SequentialDataset``, ordered by the file when the ``.inter`` has no ``TIME_FIELD`` column.
 
     RecBole's sequential datasets accept only ``order: TO`` and fail without a time column. Here each row's
     position in the file becomes ``TIME_FIELD``: RecBole's time sorts then keep every user's rows in the order
     the file lists them (the keys are unique, so no sort can reorder them), and leave-one-out holds out each
-    user's last rows of the file. A time column in the file is used as it is.
+    user's last rows of the file. A time column in the file is used as it is. With ``cold_items``, the item
+    cold-start protocol (``ColdItemSplit``).
     """
 
     def _load_inter_feat(self, token, dataset_path):
@@ -47,12 +50,29 @@ class FileOrderSequentialDataset(SequentialDataset):
                        "each user's sequence is in file order, the user's rows in the order they appear in the "
                        "file (set TIME_FIELD if the time column has another name)")
 
-    def is_current(self, config) -> bool:
-        """A saved copy is current when RecBole's dataset settings are (``utils.create_dataset`` checks them)."""
-        return True
 
 
-class SIDDataset(FileOrderSequentialDataset):
+class ItemTextDataset(FileOrderSequentialDataset):
+    """A sequential dataset whose items have a text (``item_texts``: ``item_text_fields`` of the ``.item`` file) and
+    its sentence embedding (``item_text_embeddings``), for the models that read items by their text: every item of
+    the catalogue, cold or new, has one."""
+
+    def item_texts(self, config) -> item_text.ItemTexts:
+        item_file = Path(config["data_path"]) / f"{self.dataset_name}.item"
+        item_tokens = list(self.field2id_token[self.iid_field][1:])
+        return item_text.item_texts(item_file, self.iid_field, item_text.field_labels(config["item_text_fields"]),
+                                    item_tokens, config["field_separator"])
+
+    def item_text_embeddings(self, config) -> torch.Tensor:
+        """``[n_items, dim]``: each item's text through ``sent_emb_model`` (the SID stage's embeddings and cache,
+        L2-normalised); row 0, the padding item, zeros."""
+        settings = SIDSettings.from_config(config)
+        embeddings = embed_texts(self.item_texts(config).texts, settings.sent_emb_model, settings.sent_emb_batch_size,
+                                 settings.sent_emb_device, settings.cache_dir, config["show_progress"])
+        return torch.from_numpy(np.concatenate([np.zeros((1, embeddings.shape[1]), np.float32), embeddings]))
+
+
+class SIDDataset(ItemTextDataset):
     """A sequential dataset whose items carry semantic IDs.
 
     After RecBole has loaded, filtered and remapped the data, the SID stage (``recbole_diffgm.data.sid``)
@@ -64,7 +84,10 @@ class SIDDataset(FileOrderSequentialDataset):
             ``sid_collision: disambiguate``).
         sid_report (CollisionReport): unique SIDs, colliding items, code usage (before the collision policy).
         sid_key (str): digest of everything that determined the codes (texts, text model, quantizer, policy).
-        sid_source (str): ``built``, ``cache`` or the path of the SIDs shipped with the dataset.
+        sid_source (str): ``built``, ``cache``, the path of the SIDs shipped with the dataset, or ``model`` (a
+            trained model's catalogue, extended to new items).
+        sid_fitted_tokens (list[str]): the items whose texts fitted the quantizer: every item, or with
+            ``cold_items`` the others (the cold items get theirs from their text alone, as items added later do).
         item_popularity (torch.LongTensor): ``[n_items]``: each item's occurrences, which order the items that
             share a SID: in every interaction, and on every split ``build`` returns in the training split's
             (``_popularity``).
@@ -93,21 +116,35 @@ class SIDDataset(FileOrderSequentialDataset):
             logger.warning(f"{text.fallback_items:,} items have no usable text in {list(fields)}; "
                            "their text is 'Item: <item id>.'")
 
+        tokens = list(self.field2id_token[self.iid_field][1:])
+        if sid_catalogue is None and self.cold_items is not None:  # as a model trained before the cold items came
+            sid_catalogue = self._catalogue_without_cold_items(config, settings, text.texts, tokens)
         if sid_catalogue is None:
             result = build_sids(text.texts, settings, show_progress=config["show_progress"],
                                 shipped=self.shipped_sids_file(config, settings, text.texts))
             codes, self.sid_report, self.sid_key = result.codes, result.report, result.key
-            self.sid_source = result.source
+            self.sid_source, self.sid_fitted_tokens = result.source, tokens
         else:
             codes = self._extend_catalogue(config, settings, text.texts, sid_catalogue)
             self.sid_report, self.sid_key = collision_report(codes[:, :settings.quantizer.n_digit]), sid_catalogue["key"]
             self.sid_source = "model"
+            self.sid_fitted_tokens = list(sid_catalogue.get("fitted_tokens", sid_catalogue["tokens"]))
         padding = np.full((1, codes.shape[1]), PADDING_CODE)
         self.item_sid = torch.from_numpy(np.concatenate([padding, codes]))
         logger.info(f"semantic IDs ({settings.sid_quantizer}): {self.sid_report}")
 
+    def _catalogue_without_cold_items(self, config, settings: SIDSettings, texts: list[str], tokens: list[str]) -> dict:
+        """The SID catalogue of the items that are not cold, fitted on their texts alone: what a model trained before
+        the cold items existed knows (``_extend_catalogue`` then gives the cold items theirs, as to new items)."""
+        known = ~self.cold_items[1:].numpy()
+        known_texts = [text for text, keep in zip(texts, known) if keep]
+        result = build_sids(known_texts, settings, show_progress=config["show_progress"])
+        known_tokens = [token for token, keep in zip(tokens, known) if keep]
+        return {"key": result.key, "tokens": known_tokens, "codes": result.codes}
+
     def _extend_catalogue(self, config, settings: SIDSettings, texts: list[str], catalogue: dict) -> np.ndarray:
-        """Codes of this dataset's items: a catalogue item's own, a new item's from its text."""
+        """Codes of this dataset's items: a catalogue item's own, a new item's from its text, through the quantizer
+        fitted on the texts of the catalogue's ``fitted_tokens`` (all its items unless some came later)."""
         tokens = list(self.field2id_token[self.iid_field][1:])
         position = {token: index for index, token in enumerate(catalogue["tokens"])}
         new = [index for index, token in enumerate(tokens) if token not in position]
@@ -117,8 +154,8 @@ class SIDDataset(FileOrderSequentialDataset):
         if new:
             catalogue_texts = item_text.item_texts(
                 Path(config["data_path"]) / f"{self.dataset_name}.item", self.iid_field,
-                item_text.field_labels(config["item_text_fields"]), list(catalogue["tokens"]),
-                config["field_separator"]).texts
+                item_text.field_labels(config["item_text_fields"]),
+                list(catalogue.get("fitted_tokens", catalogue["tokens"])), config["field_separator"]).texts
             if settings.codes_key(catalogue_texts) != catalogue["key"]:
                 raise InputError(f"{Path(config['data_path']) / (self.dataset_name + '.item')}: the texts or SID "
                                  "settings of the items the model was trained on have changed, so new items cannot "
@@ -168,12 +205,9 @@ class SIDDataset(FileOrderSequentialDataset):
         """Where this dataset would ship the SIDs of ``settings``: beside its atomic files."""
         return shipped_sids_file(Path(config["data_path"]), self.dataset_name, settings, texts)
 
-    def item_texts(self, config) -> item_text.ItemTexts:
-        item_file = Path(config["data_path"]) / f"{self.dataset_name}.item"
-        item_tokens = list(self.field2id_token[self.iid_field][1:])
-        return item_text.item_texts(item_file, self.iid_field, item_text.field_labels(config["item_text_fields"]),
-                                    item_tokens, config["field_separator"])
-
     def is_current(self, config) -> bool:
-        """Whether a saved copy of this dataset still has the SIDs that ``config`` would build."""
-        return self.sid_key == SIDSettings.from_config(config).codes_key(self.item_texts(config).texts)
+        """Whether a saved copy of this dataset still has the protocol and the SIDs that ``config`` would build."""
+        texts = item_text.item_texts(Path(config["data_path"]) / f"{self.dataset_name}.item", self.iid_field,
+                                     item_text.field_labels(config["item_text_fields"]), self.sid_fitted_tokens,
+                                     config["field_separator"]).texts
+        return super().is_current(config) and self.sid_key == SIDSettings.from_config(config).codes_key(texts)

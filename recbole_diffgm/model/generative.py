@@ -76,10 +76,10 @@ class GenerativeRecommender(SequentialRecommender):
         self.register_buffer("sid_group_rank", evaluation.group_ranks(item_sid_index, dataset.item_popularity),
                              persistent=False)
         # Saved with the weights (RecBole's other_parameter): a reloaded model keeps the SIDs it was trained on,
-        # and items added later get theirs from the same quantizer (SIDDataset).
+        # and items added later get theirs from the same quantizer, fitted on the texts of fitted_tokens (SIDDataset).
         self.other_parameter_name = ["sid_catalogue"]
         self.sid_catalogue = {"key": dataset.sid_key, "tokens": list(dataset.field2id_token[self.ITEM_ID][1:]),
-                              "codes": item_sid[1:].numpy()}
+                              "codes": item_sid[1:].numpy(), "fitted_tokens": list(dataset.sid_fitted_tokens)}
 
     def decode(self, item_seq: torch.Tensor, beam_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(codes [B, G, n], scores [B, G], first_log_probs [B, n, K])``: beams sorted by score, and the first

@@ -213,7 +213,10 @@ def encode_new_items(new_texts: list[str], known_texts: list[str], known_codes: 
     """SIDs for items added after the SIDs of ``known_texts`` were built (``known_codes``), without a refit:
     each new text through the quantizer fitted on ``known_texts``. Its state comes from the cache, or from the
     same deterministic fit again when the cache lost it. ``disambiguate`` numbers each new item after the
-    items that already have its SID. The state of ``shipped`` SIDs wins over the cache's."""
+    items that already have its SID; ``reassign`` moves a new item whose SID is taken to the free SID that adds the
+    least error (``reassign`` with the known items fixed). ``known_codes``: the codes of every item the model
+    knows; ``known_texts``: the texts its quantizer was fitted on. The state of ``shipped`` SIDs wins over the
+    cache's."""
     key = settings.codes_key(known_texts)
     path = _quantizer_path(settings, key)
     quantizer = make_quantizer(settings.sid_quantizer, settings.quantizer)
@@ -231,6 +234,11 @@ def encode_new_items(new_texts: list[str], known_texts: list[str], known_codes: 
     embeddings = embed_texts(new_texts, settings.sent_emb_model, settings.sent_emb_batch_size, settings.sent_emb_device,
                              settings.cache_dir, show_progress)
     codes = quantizer.encode(embeddings).astype(np.int64)
+    if settings.sid_collision == "reassign":  # every SID stays unique: new items move, the known ones keep theirs
+        costs = quantizer.digit_costs(embeddings)  # a fixed item never moves: its costs are never read
+        costs = np.concatenate([np.zeros((len(known_codes), *costs.shape[1:]), dtype=costs.dtype), costs])
+        fixed = np.arange(len(costs)) < len(known_codes)
+        codes = reassign(np.concatenate([known_codes, codes]), costs, fixed=fixed)[0][len(known_codes):]
     if settings.sid_collision == "disambiguate":
         n_digit = settings.quantizer.n_digit
         taken: dict[tuple[int, ...], int] = {}

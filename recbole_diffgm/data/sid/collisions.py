@@ -71,9 +71,11 @@ def apply_collision_policy(codes: np.ndarray, policy: str, costs: np.ndarray | N
     return np.concatenate([codes, index_in_group[:, None]], axis=1)
 
 
-def reassign(codes: np.ndarray, costs: np.ndarray, alternatives: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def reassign(codes: np.ndarray, costs: np.ndarray, alternatives: int = 8, fixed: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Unique SIDs of the same length: in each group of items that share a SID, the item the SID fits best
-    (least quantization error) keeps it; the others move to free code combinations by one minimum-cost
+    (least quantization error), or the ``fixed`` item (``[N]`` bool: items whose SIDs a trained model already
+    knows, unique among themselves), keeps it; the others move to free code combinations by one minimum-cost
     assignment over the error each move adds (the zero-collision idea of arXiv 2605.25330). Any digit may move,
     as parallel digits (PQ) are independent: a candidate changes one or two digits of an item's SID to one of
     that digit's ``alternatives`` nearest codes.
@@ -90,10 +92,13 @@ def reassign(codes: np.ndarray, costs: np.ndarray, alternatives: int = 8) -> tup
     current = np.take_along_axis(costs, codes[..., None], axis=2)[..., 0]  # [N, n]
     error = current.sum(axis=1)
     _, group = np.unique(codes, axis=0, return_inverse=True)
-    order = np.lexsort((np.arange(n_items), error, group.reshape(-1)))
+    movable = np.ones(n_items, dtype=bool) if fixed is None else ~fixed
+    order = np.lexsort((np.arange(n_items), error, movable, group.reshape(-1)))
     first = np.ones(n_items, dtype=bool)
     first[1:] = group.reshape(-1)[order][1:] != group.reshape(-1)[order][:-1]
     movers = np.sort(order[~first])
+    if not movable[movers].all():
+        raise ValueError("reassign: fixed items share a SID")
     added = np.zeros(n_items)
     if not len(movers):
         return codes, added

@@ -1,0 +1,116 @@
+"""The item cold-start protocol (``cold_items``, ``recbole_diffgm.data.cold_items``): held-out items that no model
+trains on, the same items for every model, every evaluation case kept and reported as cold or in-set."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import NAME
+from recbole.data import data_preparation
+from test_benchmark import read_table
+from test_recipes import metrics_at, target_ranks
+
+from recbole_diffgm import Config, InputError, create_dataset, load_data_and_model, run_recbole_diffgm
+from recbole_diffgm.benchmark import run_benchmark
+from recbole_diffgm.data.cold_items import cold_item_ids
+
+COLD = {"cold_items": 0.25, "cold_items_seed": 7}
+SASREC = {"hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1}
+
+
+def splits(tiny_config, model: str, **settings):
+    config = Config(model, NAME, config_dict={**tiny_config, **(SASREC if model == "SASRec" else {}), **settings})
+    dataset = create_dataset(config)
+    return dataset, data_preparation(config, dataset)
+
+
+def cold_tokens(dataset) -> set[str]:
+    return {dataset.id2token(dataset.iid_field, int(item)) for item in dataset.cold_items.nonzero()[:, 0]}
+
+
+@pytest.mark.parametrize(("model", "settings"), [("SASRec", {}), ("TextSASRec", {}), ("DiffGM", {}),
+                                                 ("DiffGM", {"train_per_position": True})])
+def test_no_training_batch_holds_a_cold_item(tiny_config, model, settings):
+    dataset, (train, valid, test) = splits(tiny_config, model, **COLD, **settings)
+    cold = dataset.cold_items
+    assert 0 < cold.sum() < dataset.item_num - 1
+    seen = torch.zeros_like(cold)
+    for batch in train:
+        for field in ("item_id", "item_id_list"):
+            assert not cold[batch[field]].any(), field
+            seen[batch[field]] = True
+    assert seen[1:].sum() >= (~cold[1:]).sum() - 2  # every other item still trains (all but a first item or two)
+    # Evaluation keeps every case: one per user in each split, some of them cold, cold items in histories too.
+    _, (_, standard_valid, standard_test) = splits(tiny_config, model, **settings)
+    for split, standard in ((valid, standard_valid), (test, standard_test)):
+        assert torch.equal(split._dataset.inter_feat["item_id"], standard._dataset.inter_feat["item_id"])
+        assert cold[split._dataset.inter_feat["item_id"]].any()
+    assert cold[test._dataset.inter_feat["item_id_list"]].any()
+
+
+def test_every_model_and_seed_holds_out_the_same_items(tiny_config):
+    sasrec, _ = splits(tiny_config, "SASRec", **COLD)
+    diffgm, _ = splits(tiny_config, "DiffGM", **COLD, seed=11)
+    again, _ = splits(tiny_config, "DiffGM", **COLD, seed=11)
+    other, _ = splits(tiny_config, "SASRec", cold_items=0.25, cold_items_seed=8)
+    assert cold_tokens(sasrec) == cold_tokens(diffgm) == cold_tokens(again) != cold_tokens(other)
+    assert len(cold_tokens(sasrec)) == round(0.25 * 48)
+
+
+def test_the_draw_is_by_token_not_by_internal_id():
+    tokens = np.array(["[PAD]", "b", "a", "d", "c"])
+    ids = cold_item_ids(tokens, np.array([1, 2, 3, 4]), 0.5, seed=0)
+    # Renumbering the items (the same tokens, other ids) draws the same tokens.
+    renumbered = np.array(["[PAD]", "a", "b", "c", "d"])
+    assert set(tokens[ids]) == set(renumbered[cold_item_ids(renumbered, np.array([1, 2, 3, 4]), 0.5, seed=0)])
+    with pytest.raises(InputError, match="cold_items 1.5"):
+        cold_item_ids(tokens, np.array([1, 2, 3, 4]), 1.5, seed=0)
+
+
+def test_cold_items_get_sids_from_their_text_through_a_quantizer_fitted_without_them(tiny_config):
+    dataset, _ = splits(tiny_config, "DiffGM", **COLD, sid_collision="reassign", n_digit=2)
+    cold = cold_tokens(dataset)
+    assert set(dataset.sid_fitted_tokens).isdisjoint(cold)
+    assert len(dataset.sid_fitted_tokens) + len(cold) == dataset.item_num - 1
+    codes = dataset.item_sid[1:]
+    assert len(codes.unique(dim=0)) == len(codes)  # reassign: the cold items moved to free SIDs as well
+    standard, _ = splits(tiny_config, "DiffGM", sid_collision="reassign", n_digit=2)
+    assert not torch.equal(standard.item_sid, dataset.item_sid)  # fitted on every text, the codes differ
+
+
+def test_the_in_set_and_cold_figures_are_those_of_their_cases_alone(tiny_config):
+    result = run_recbole_diffgm("SASRec", NAME, config_dict={**tiny_config, **SASREC, **COLD, "epochs": 2,
+                                                              "topk": [5, 10], "valid_metric": "NDCG@10"})
+    by_case = result["test_result_by_case"]
+    _, model, _, _, _, test = load_data_and_model(result["model_file"])
+    ranks = target_ranks(model, test)
+    cold = test._dataset.cold_items[test._dataset.inter_feat["item_id"]]
+    assert by_case["cold"]["cases"] == int(cold.sum()) > 0 and by_case["in-set"]["cases"] == int((~cold).sum())
+    for case, rows in (("cold", cold), ("in-set", ~cold)):
+        expected = metrics_at(ranks[rows], (5, 10))
+        assert {metric: by_case[case][metric] for metric in expected} == pytest.approx(expected, abs=5e-5)
+    assert result["test_result"] == pytest.approx(metrics_at(ranks, (5, 10)), abs=5e-5)
+
+
+def test_without_cold_items_the_protocol_is_recboles(tiny_config):
+    dataset, _ = splits(tiny_config, "SASRec")
+    assert getattr(dataset, "cold_items", None) is None
+    assert type(dataset).__module__.startswith("recbole.")
+
+
+def test_a_cold_start_benchmark_reports_cold_and_in_set_columns(tiny_config, tmp_path):
+    results = tmp_path / "results"
+    settings = {**tiny_config, **SASREC, **COLD, "epochs": 1, "topk": [5, 10], "valid_metric": "NDCG@10"}
+    (row,) = run_benchmark(["SASRec"], NAME, config_dict=settings, results_dir=str(results))
+    run = json.loads(next((results / f"{NAME}-runs").glob("*/run.json")).read_text())["result"]
+    for case in ("cold", "in-set"):
+        assert row[f"{case}_recall@10"] == pytest.approx(run["test_result_by_case"][case]["recall@10"])
+    (line,) = read_table(results)
+    assert float(line["cold_ndcg@10"]) == pytest.approx(run["test_result_by_case"]["cold"]["ndcg@10"], abs=1e-4)
+    assert "`cold_` and `in-set_` columns" in (results / f"{NAME}.md").read_text()
+    (standard,) = run_benchmark(["SASRec"], NAME, config_dict={**settings, "cold_items": 0},
+                                results_dir=str(tmp_path / "standard"))
+    assert "cold_recall@10" not in standard and "cold_recall@10" not in read_table(tmp_path / "standard")[0]
