@@ -193,3 +193,39 @@ def test_a_new_item_under_disambiguate_continues_its_sids_numbering(tiny_config,
     assert torch.equal(item_sid[token_ids["NEW2"]], torch.cat([group, torch.tensor([3])]))
     assert len(item_sid[1:].unique(dim=0)) == len(item_sid) - 1  # still one item per SID
     assert recommender.recommend([first[0]], top_k=5)
+
+
+FAMILIES = ("Rose petal lip balm", "Tea tree oil shampoo", "Argan oil hair mask", "Charcoal face cleanser",
+            "Vanilla body lotion", "Lavender bath salts", "Coconut nail polish", "Mint toothpaste whitening")
+
+
+def write_families(root, shades: int = 6) -> None:
+    """Eight product families of ``shades`` items each, titled "<family>, shade <k>"; each user buys the items of
+    one family, in an order of its own: the next item is always one of the history's family."""
+    folder = root / "families"
+    folder.mkdir(parents=True)
+    items = [(f"F{f}S{k}", f"{family}, shade {k}") for f, family in enumerate(FAMILIES) for k in range(shades)]
+    (folder / "families.item").write_text("item_id:token\ttitle:token_seq\n"
+                                          + "".join(f"{item}\t{title}\n" for item, title in items))
+    generator = torch.Generator().manual_seed(0)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float\n"]
+    for user in range(96):
+        family = user % len(FAMILIES)
+        order = torch.randperm(shades, generator=generator).tolist()
+        lines += [f"u{user}\tF{family}S{k}\t{t}\n" for t, k in enumerate(order)]
+    (folder / "families.inter").write_text("".join(lines))
+
+
+def test_a_new_item_whose_text_makes_it_the_obvious_next_one_reaches_the_top_10(tiny_config, tmp_path):
+    write_families(tmp_path / "families-data")
+    config = {**tiny_config, "data_path": str(tmp_path / "families-data"), "item_text_fields": {"title": "Title"},
+              "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "title"]},
+              "epochs": 60, "sid_cache_dir": str(tmp_path / "sid_cache")}
+    model_file = run_recbole_diffgm("DiffGM", "families", config_dict=config)["model_file"]
+    item_file = tmp_path / "families-data" / "families" / "families.item"
+    item_file.write_text(item_file.read_text() + "NEWROSE\tRose petal lip balm, shade 9\n")  # .inter unchanged
+    recommender = Recommender(model_file)
+    history = ["F0S0", "F0S1", "F0S2", "F0S3"]
+    recommended = [item.item_id for item in recommender.recommend(history, top_k=10)]
+    # The family's two other items first (the model learned the families), the new one within the top 10 of 45.
+    assert set(recommended[:2]) == {"F0S4", "F0S5"} and "NEWROSE" in recommended
