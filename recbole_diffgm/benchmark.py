@@ -217,7 +217,7 @@ def _reuse_or_run(model, dataset, config_file_list, config_dict, run_dir: Path, 
 # (weights, scores, metrics): tests/test_recipes.py compares small runs of every benchmark row with the fingerprints
 # recorded for these versions (tests/data/run-fingerprints.json) and fails until the version is bumped. A refactor
 # that keeps every fingerprint keeps the finished runs of a long benchmark reusable.
-RUN_CODE_VERSION = {"recbole": 1, "generative": 1}
+RUN_CODE_VERSION = {"recbole": 1, "generative": 1, "text": 1}  # text: this plugin's dense text models (TextSASRec)
 # Parts of the generative code whose change altered what only some runs compute, each with its version and the runs
 # it concerns: a run's code version names the parts its config uses (``code_version``), so a finished run that uses
 # none of them stays reusable, and test_recipes.py holds each row to the fingerprint of its own code version.
@@ -272,7 +272,9 @@ def code_version(config, generative: bool) -> str:
     """The version of the code a run computes with: ``RUN_CODE_VERSION`` of its kind, then each changed part of
     ``PART_VERSIONS`` that its config uses (``1+cpd-beam2``)."""
     if not generative:
-        return str(RUN_CODE_VERSION["recbole"])
+        from recbole_diffgm.registry import reads_item_text
+
+        return str(RUN_CODE_VERSION["text" if reads_item_text(config["model"]) else "recbole"])
     parts = [f"+{part}{version}" for part, (version, uses) in PART_VERSIONS.items() if uses(config)]
     return str(RUN_CODE_VERSION["generative"]) + "".join(parts)
 

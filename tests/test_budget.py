@@ -88,7 +88,7 @@ def test_a_run_trains_another_epoch_while_one_more_at_the_mean_cost_fits_its_bud
 def test_the_time_left_counts_the_epochs_the_budget_allows_when_it_ends_the_run_first(tiny_config, caplog):
     with caplog.at_level("INFO"):
         result = run_recbole_diffgm("DiffGM", NAME, config_dict=diffgm(  # CPU time: steadier than wall on busy cores
-            tiny_config, epochs=300, stopping_step=300, time_budget="4s", time_budget_clock="process"))
+            tiny_config, epochs=300, stopping_step=300, time_budget="8s", time_budget_clock="process"))
     assert result["stop_reason"] == "time budget"
     lines = [line for line in caplog.text.splitlines() if "min per epoch so far" in line]
     assert lines, "the budget ended the run before its second epoch"

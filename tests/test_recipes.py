@@ -35,7 +35,7 @@ GENERATIVE_ROWS = ["DiffGM@DiffGM-cpu", "DigitClassifier@DigitClassifier-cpu", "
                    "DiffGM@sid8", "DiffGM@sid16", "DiffGM@all-masked", "DiffGM@catalogue-loss", "DiffGM@one-pass",
                    "DiffGM@per-position", "DiffGM@dense-head", "DiffGM@cross-attention-shared", "ARGM@DiffGM-cpu",
                    "ARGM@sid-reassign+per-position", "TIGER@TIGER-cpu"]
-RECBOLE_ROWS = ["SASRec", "SASRec@SASRec-strong", "GRU4Rec", "BERT4Rec"]
+RECBOLE_ROWS = ["SASRec", "SASRec@SASRec-strong", "GRU4Rec", "BERT4Rec", "TextSASRec"]
 FINGERPRINTS = TEST_DATA / "run-fingerprints.json"
 
 

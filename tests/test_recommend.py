@@ -220,12 +220,13 @@ def test_a_new_item_whose_text_makes_it_the_obvious_next_one_reaches_the_top_10(
     write_families(tmp_path / "families-data")
     config = {**tiny_config, "data_path": str(tmp_path / "families-data"), "item_text_fields": {"title": "Title"},
               "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "title"]},
-              "epochs": 60, "sid_cache_dir": str(tmp_path / "sid_cache")}
+              "epochs": 60, "train_per_position": True, "sid_cache_dir": str(tmp_path / "sid_cache")}
     model_file = run_recbole_diffgm("DiffGM", "families", config_dict=config)["model_file"]
     item_file = tmp_path / "families-data" / "families" / "families.item"
     item_file.write_text(item_file.read_text() + "NEWROSE\tRose petal lip balm, shade 9\n")  # .inter unchanged
     recommender = Recommender(model_file)
     history = ["F0S0", "F0S1", "F0S2", "F0S3"]
     recommended = [item.item_id for item in recommender.recommend(history, top_k=10)]
-    # The family's two other items first (the model learned the families), the new one within the top 10 of 45.
+    # The family's two other items first (the model learned the families), the new one within the top 10 of 45
+    # (5th on an AMD EPYC, with one thread or two).
     assert set(recommended[:2]) == {"F0S4", "F0S5"} and "NEWROSE" in recommended
