@@ -39,7 +39,7 @@ from pathlib import Path
 import yaml
 
 from recbole_diffgm.errors import InputError
-from recbole_diffgm.files import write_csv_atomically, write_json_atomically
+from recbole_diffgm.files import replaced_atomically, write_csv_atomically, write_json_atomically, write_text_atomically
 
 QUALITY = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 CASES = ("in-set", "cold")  # the cold-start protocol's kinds of test case (quick_start.evaluate_by_case)
@@ -416,7 +416,7 @@ def _write_tables(rows: list[dict], dataset: str, out: Path, command: str | None
               "inference ms/user", "parameters", "peak RAM MB", "peak GPU MB", "device", "seeds", "reused",
               *(["selection", "budget"] if per_row else []), "config", "error"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    with (out / f"{dataset}.csv").open("w", newline="") as handle:
+    with replaced_atomically(out / f"{dataset}.csv") as partial, partial.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for row in rows:
@@ -436,7 +436,7 @@ def _write_tables(rows: list[dict], dataset: str, out: Path, command: str | None
     rule = ("Rows differ in selection or budget: see the columns." if per_row else
             f"Every row: checkpoint selected on {next(iter(selections), 'validation')}; "
             f"{next(iter(budgets), 'the config epochs')}.")
-    (out / f"{dataset}.md").write_text(
+    write_text_atomically(
         f"# {dataset}: test metrics of the checkpoint selected on validation\n\n"
         + (f"```bash\n{command}\n```\n\n" if command else "") + rule + "\n\n" +
         "Item-level metrics (R@k, N@k) rank every item, the user's history included (RecBole 1.2.1 masks none for a "
@@ -450,7 +450,7 @@ def _write_tables(rows: list[dict], dataset: str, out: Path, command: str | None
            "row holds it) and the others, each alone; the unprefixed columns are all cases. " if cases else "")
         + "Reused: runs taken from an earlier command with the "
         f"same config, data and code version ({dataset}-runs/). Learning curves: {dataset}-curves.png, {dataset}-curves/.\n\n"
-        + "\n".join(lines) + "\n")
+        + "\n".join(lines) + "\n", out / f"{dataset}.md")
 
 
 def _plot(rows: list[dict], dataset: str, out: Path) -> None:

@@ -66,8 +66,9 @@ def test_the_draw_is_by_token_not_by_internal_id():
     # Renumbering the items (the same tokens, other ids) draws the same tokens.
     renumbered = np.array(["[PAD]", "a", "b", "c", "d"])
     assert set(tokens[ids]) == set(renumbered[cold_item_ids(renumbered, np.array([1, 2, 3, 4]), 0.5, seed=0)])
-    with pytest.raises(InputError, match="cold_items 1.5"):
-        cold_item_ids(tokens, np.array([1, 2, 3, 4]), 1.5, seed=0)
+    for bad in (1.5, "ten percent"):
+        with pytest.raises(InputError, match=f"cold_items {bad!r}"):
+            cold_item_ids(tokens, np.array([1, 2, 3, 4]), bad, seed=0)
 
 
 def test_cold_items_get_sids_from_their_text_through_a_quantizer_fitted_without_them(tiny_config):

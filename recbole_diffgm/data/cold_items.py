@@ -25,7 +25,7 @@ from recbole_diffgm.errors import InputError
 def cold_item_ids(tokens: np.ndarray, interacted: np.ndarray, share: float, seed: int) -> np.ndarray:
     """The internal ids of the cold items, ascending: ``round(share * len(interacted))`` of the ids ``interacted``,
     drawn with ``seed`` from their ``tokens`` (``tokens[id]``) in sorted order."""
-    if not 0 < share < 1:
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
         raise InputError(f"cold_items {share!r}: give the share of items to hold out, a number between 0 and 1")
     candidates = interacted[np.argsort(tokens[interacted], kind="stable")]
     count = round(share * len(candidates))
@@ -76,7 +76,7 @@ class ColdItemSplit:
             item_ids.append(np.asarray(self.inter_feat[list_field]).ravel())
         interacted = np.setdiff1d(np.unique(np.concatenate(item_ids)), [0])
         tokens = np.asarray(self.field2id_token[self.iid_field])
-        ids = cold_item_ids(tokens, interacted, float(config["cold_items"]), int(config["cold_items_seed"]))
+        ids = cold_item_ids(tokens, interacted, config["cold_items"], int(config["cold_items_seed"]))
         self.cold_items = torch.zeros(self.item_num, dtype=torch.bool)
         self.cold_items[torch.from_numpy(ids)] = True
         self.logger.info(f"cold_items {config['cold_items']}: {len(ids):,} of {len(interacted):,} items held out of "
