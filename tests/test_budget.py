@@ -11,7 +11,7 @@ import pytest
 from conftest import NAME
 from recbole.trainer import Trainer
 
-from recbole_diffgm import InputError, run_recbole_diffgm
+from recbole_diffgm import Config, InputError, create_dataset, get_model, get_trainer, run_recbole_diffgm
 from recbole_diffgm.checks import parse_duration
 from recbole_diffgm.trainer import plugin
 from recbole_diffgm.trainer.plugin import epochs_the_budget_allows
@@ -120,3 +120,12 @@ def test_a_run_that_fits_in_its_budget_gets_its_estimate_without_advice(tiny_con
         run_recbole_diffgm("DiffGM", NAME, config_dict=diffgm(tiny_config, epochs=1))
     estimate = next(line for line in caplog.text.splitlines() if "first estimate" in line)
     assert re.search(r"1 epochs: about \d+ min of training, validation not counted$", estimate)
+
+
+def test_a_resumed_runs_estimate_counts_the_budget_it_spent_before(fast_config, caplog):
+    config = Config("SASRec", "beauty-slice", config_dict={**fast_config, "epochs": 300, "time_budget": "10m"})
+    trainer = get_trainer(config["MODEL_TYPE"], "SASRec")(config, get_model("SASRec")(config, create_dataset(config)))
+    trainer._epoch_clock = (2, 0.0)  # resumed at epoch 2
+    with caplog.at_level("INFO"):  # 10 of 100 steps in 10 s: 100 s an epoch; 300 s of the 600 spent before
+        trainer._log_first_estimate(10, 100, {"wall": 10.0, "process": 10.0}, before=300.0)
+    assert "3 epochs to the time budget (5 min of it spent before this resume): about 5 min of training" in caplog.text

@@ -96,7 +96,8 @@ class PluginTrainerMixin(CheckpointMixin):
             torch.distributed.broadcast_object_list(names, src=0)
             self.saved_model_file = names[0]
         self._epoch_clock = None  # (first epoch of this process, when it started): the time-left estimate
-        # (steps, steps per epoch, when the first epoch of this process started) until its first estimate is logged
+        # (steps, steps per epoch, when the first epoch of this process started, training seconds on the budget's clock
+        # before it: a resumed run's) until its first estimate is logged
         self._first_steps = None
         self.slow_run_advice: str | None = None  # what to run instead of a run that trains for over an hour
         if getattr(self, "optimizer", None) is not None:
@@ -122,7 +123,7 @@ class PluginTrainerMixin(CheckpointMixin):
         self._check_budget(spent)
         self._log_time_left(epoch_idx, spent)
         if self._epoch_clock[0] == epoch_idx:  # the first epoch of this process
-            self._first_steps = (0, len(train_data), _now())
+            self._first_steps = (0, len(train_data), _now(), spent or 0.0)
         self._epoch_idx = epoch_idx
         return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
 
@@ -220,23 +221,26 @@ class PluginTrainerMixin(CheckpointMixin):
     def _count_first_step(self) -> None:
         if self._first_steps is None:
             return
-        steps, per_epoch, started = self._first_steps
+        steps, per_epoch, started, before = self._first_steps
         steps, now = steps + 1, _now()
-        self._first_steps = (steps, per_epoch, started)
+        self._first_steps = (steps, per_epoch, started, before)
         if now["wall"] - started["wall"] >= FIRST_ESTIMATE_AFTER_S or steps == per_epoch:
             self._first_steps = None
-            self._log_first_estimate(steps, per_epoch, {clock: now[clock] - started[clock] for clock in now})
+            self._log_first_estimate(steps, per_epoch, {clock: now[clock] - started[clock] for clock in now}, before)
 
-    def _log_first_estimate(self, steps: int, per_epoch: int, seconds: dict[str, float]) -> None:
-        """The cost of an epoch and of the run's training, from its first ``steps`` of ``per_epoch``."""
+    def _log_first_estimate(self, steps: int, per_epoch: int, seconds: dict[str, float], before: float = 0.0) -> None:
+        """The cost of an epoch and of the run's training, from its first ``steps`` of ``per_epoch`` (``before``: the
+        training seconds a resumed run spent of its time budget already)."""
         epoch = {clock: value * per_epoch / steps for clock, value in seconds.items()}
         epochs = self.config["epochs"] - self._epoch_clock[0]
         run, plan = epochs * epoch["wall"], f"{epochs} epochs"
         if self.time_budget is not None:
             clock = self.config["time_budget_clock"]
-            fitting = max(1, int(self.time_budget // epoch[clock]))
+            fitting = max(1, int((self.time_budget - before) // epoch[clock]))
             if fitting < epochs:
                 run, plan = fitting * epoch["wall"], f"{fitting} epochs to the time budget"
+            if before:
+                plan += f" ({_duration(before)} of it spent before this resume)"
         line = (f"first estimate, from {steps} of {per_epoch} steps: {epoch['wall'] / 60:.1f} min an epoch of "
                 f"training ({epoch['process'] / 60:.1f} CPU-min), {plan}: about {_duration(run)} of training, "
                 "validation not counted")
