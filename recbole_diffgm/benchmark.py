@@ -125,6 +125,7 @@ def run_benchmark(models: list[str], dataset: str, config_file_list=None, config
         _write_tables(rows, dataset, out, command)  # after every model: an interrupted benchmark keeps its rows
         _plot(rows, dataset, out)
         _plot_curves(rows, dataset, out)
+        _plot_cases(rows, dataset, out)
     return rows
 
 
@@ -447,7 +448,8 @@ def _write_tables(rows: list[dict], dataset: str, out: Path, command: str | None
         "Mean ± standard deviation over seeds. Training time leaves validation out (valid min); inference: loading the best "
         "checkpoint and scoring every test user, per user. "
         + ("`cold_` and `in-set_` columns: the test cases whose target is a held-out item (cold_items: no training "
-           "row holds it) and the others, each alone; the unprefixed columns are all cases. " if cases else "")
+           f"row holds it) and the others, each alone; the unprefixed columns are all cases ({dataset}-cases.png: "
+           "Recall@10 of both per row). " if cases else "")
         + "Reused: runs taken from an earlier command with the "
         f"same config, data and code version ({dataset}-runs/). Learning curves: {dataset}-curves.png, {dataset}-curves/.\n\n"
         + "\n".join(lines) + "\n", out / f"{dataset}.md")
@@ -468,6 +470,28 @@ def _plot(rows: list[dict], dataset: str, out: Path) -> None:
     axes.set_title(dataset)
     figure.tight_layout()
     figure.savefig(out / f"{dataset}.png", dpi=120)
+    pyplot.close(figure)
+
+
+def _plot_cases(rows: list[dict], dataset: str, out: Path, metric: str = "recall@10") -> None:
+    """Under ``cold_items``: a pair of bars per row, ``metric`` on the in-set and on the cold test cases (± the
+    standard deviation over seeds)."""
+    from matplotlib import pyplot
+
+    shown = [row for row in rows if all(f"{case}_{metric}" in row for case in CASES)]
+    if not shown:
+        return
+    figure, axes = _figure()
+    width = 0.4
+    for offset, case in zip((-width / 2, width / 2), CASES):
+        axes.bar([index + offset for index in range(len(shown))], [row[f"{case}_{metric}"] for row in shown], width,
+                 yerr=[row.get(f"{case}_{metric}_std", 0.0) for row in shown], label=f"{case} items", capsize=3)
+    axes.set_xticks(range(len(shown)), [row["model"] for row in shown], rotation=20, ha="right", fontsize=8)
+    axes.set_ylabel(f"item-level {metric} (test)")
+    axes.set_title(f"{dataset}: items seen in training and held-out (cold) items")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(out / f"{dataset}-cases.png", dpi=120)
     pyplot.close(figure)
 
 

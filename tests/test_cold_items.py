@@ -112,6 +112,8 @@ def test_a_cold_start_benchmark_reports_cold_and_in_set_columns(tiny_config, tmp
     (line,) = read_table(results)
     assert float(line["cold_ndcg@10"]) == pytest.approx(run["test_result_by_case"]["cold"]["ndcg@10"], abs=1e-4)
     assert "`cold_` and `in-set_` columns" in (results / f"{NAME}.md").read_text()
+    assert (results / f"{NAME}-cases.png").stat().st_size > 0  # in-set against cold Recall@10, a pair of bars per row
     (standard,) = run_benchmark(["SASRec"], NAME, config_dict={**settings, "cold_items": 0},
                                 results_dir=str(tmp_path / "standard"))
     assert "cold_recall@10" not in standard and "cold_recall@10" not in read_table(tmp_path / "standard")[0]
+    assert not (tmp_path / "standard" / f"{NAME}-cases.png").exists()

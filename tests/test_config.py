@@ -22,7 +22,7 @@ def test_dataset_files_hold_no_model_recipe_key(dataset_file):
         assert not shared, f"{dataset_file.name} would override {model_file.name}'s {sorted(shared)}"
 
 
-MODELS = ("DiffGM", "DigitClassifier", "ARGM", "TIGER", "TextSASRec", "SASRec", "GRU4Rec", "BERT4Rec")
+MODELS = ("DiffGM", "DigitClassifier", "ARGM", "TIGER", "TextSASRec", "SASRec", "SASRecF", "GRU4Rec", "BERT4Rec")
 
 
 def model_files(model: str) -> list:
@@ -73,7 +73,7 @@ def test_every_model_selects_on_valid_metric_by_default():
 
 def test_every_recipe_key_is_a_key_some_model_reads():
     known = set()
-    for model in ("SASRec", "DiffGM", "ARGM", "TIGER"):
+    for model in ("SASRec", "SASRecF", "TextSASRec", "DiffGM", "ARGM", "TIGER"):
         known |= set(Config(model, "amazon-beauty").final_config_dict)
     for recipe in sorted((PROPERTIES_DIR / "recipes").glob("*.yaml")):
         unknown = set(yaml.safe_load(recipe.read_text())) - known

@@ -35,7 +35,9 @@ GENERATIVE_ROWS = ["DiffGM@DiffGM-cpu", "DigitClassifier@DigitClassifier-cpu", "
                    "DiffGM@sid8", "DiffGM@sid16", "DiffGM@all-masked", "DiffGM@catalogue-loss", "DiffGM@one-pass",
                    "DiffGM@per-position", "DiffGM@dense-head", "DiffGM@cross-attention-shared", "ARGM@DiffGM-cpu",
                    "ARGM@sid-reassign+per-position", "TIGER@TIGER-cpu"]
-RECBOLE_ROWS = ["SASRec", "SASRec@SASRec-strong", "GRU4Rec", "BERT4Rec", "TextSASRec"]
+RECBOLE_ROWS = ["SASRec", "SASRec@SASRec-strong", "SASRecF@SASRecF-text", "GRU4Rec", "BERT4Rec", "TextSASRec"]
+# What a row needs loaded beyond fast_config's item title (the Beauty dataset file loads these fields too).
+ROW_FIELDS = {"SASRecF@SASRecF-text": ["brand", "categories"]}
 FINGERPRINTS = TEST_DATA / "run-fingerprints.json"
 
 
@@ -116,7 +118,9 @@ def test_a_recbole_row_trains_and_tests(fast_config, spec):
     here. One epoch on the slice puts few targets, if any, in a top 10, so the saved model is evaluated again with a
     top 1000 too, which every row hits: a metric computed from the wrong items or scores cannot agree there."""
     row = Row.parse(spec)
-    result = run_recbole_diffgm(row.model, "beauty-slice", row.config_files(None), {**fast_config, "epochs": 1})
+    load_col = {**fast_config["load_col"], "item": fast_config["load_col"]["item"] + ROW_FIELDS.get(spec, [])}
+    result = run_recbole_diffgm(row.model, "beauty-slice", row.config_files(None),
+                                {**fast_config, "epochs": 1, "load_col": load_col})
     config, model, _, _, _, test = load_data_and_model(result["model_file"], {"topk": [5, 10, 1000]})
     ranks = target_ranks(model, test)
     assert len(ranks) == result["test_users"]
