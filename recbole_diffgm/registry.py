@@ -33,6 +33,8 @@ PLUGIN_MODELS = {
     "ARGM": "recbole_diffgm.model.argm",
     "TIGER": "recbole_diffgm.model.tiger",
     "TextSASRec": "recbole_diffgm.model.text_sasrec",
+    "DiffGMHybrid": "recbole_diffgm.model.hybrid",
+    "DigitClassifierHybrid": "recbole_diffgm.model.hybrid",
 }
 
 

@@ -22,7 +22,7 @@ def test_dataset_files_hold_no_model_recipe_key(dataset_file):
         assert not shared, f"{dataset_file.name} would override {model_file.name}'s {sorted(shared)}"
 
 
-MODELS = ("DiffGM", "DigitClassifier", "ARGM", "TIGER", "TextSASRec", "SASRec", "SASRecF", "GRU4Rec", "BERT4Rec")
+MODELS = ("DiffGM", "DigitClassifier", "DiffGMHybrid", "DigitClassifierHybrid", "ARGM", "TIGER", "TextSASRec", "SASRec", "SASRecF", "GRU4Rec", "BERT4Rec")
 
 
 def model_files(model: str) -> list:

@@ -34,7 +34,8 @@ from recbole_diffgm.compat import load_checkpoint
 GENERATIVE_ROWS = ["DiffGM@DiffGM-cpu", "DigitClassifier@DigitClassifier-cpu", "DiffGM@DiffGM-ocn-cpu", "DiffGM@rescore", "DiffGM@DiffGM-release", "DiffGM@sid-reassign", "DiffGM@sid-disambiguate",
                    "DiffGM@sid8", "DiffGM@sid16", "DiffGM@all-masked", "DiffGM@catalogue-loss", "DiffGM@one-pass",
                    "DiffGM@per-position", "DiffGM@dense-head", "DiffGM@cross-attention-shared", "ARGM@DiffGM-cpu",
-                   "ARGM@sid-reassign+per-position", "TIGER@TIGER-cpu"]
+                   "ARGM@sid-reassign+per-position", "TIGER@TIGER-cpu", "DigitClassifierHybrid@DigitClassifier-cpu",
+                   "DiffGMHybrid@DiffGM-ocn-cpu"]
 RECBOLE_ROWS = ["SASRec", "SASRec@SASRec-strong", "SASRecF@SASRecF-text", "GRU4Rec", "BERT4Rec", "TextSASRec"]
 # What a row needs loaded beyond fast_config's item title (the Beauty dataset file loads these fields too).
 ROW_FIELDS = {"SASRecF@SASRecF-text": ["brand", "categories"]}

@@ -88,6 +88,10 @@ class SIDDataset(ItemTextDataset):
             trained model's catalogue, extended to new items).
         sid_fitted_tokens (list[str]): the items whose texts fitted the quantizer: every item, or with
             ``cold_items`` the others (the cold items get theirs from their text alone, as items added later do).
+        catalogue_item_ids (torch.LongTensor): the internal ids of the items a model trains with (the SID catalogue
+            it saves, in its order): every item, or with ``cold_items`` the others; loaded with a trained model's
+            catalogue, its items, wherever they are now (0 for one gone from the data; items added since are not
+            among them).
         item_popularity (torch.LongTensor): ``[n_items]``: each item's occurrences, which order the items that
             share a SID: in every interaction, and on every split ``build`` returns in the training split's
             (``_popularity``).
@@ -124,11 +128,14 @@ class SIDDataset(ItemTextDataset):
                                 shipped=self.shipped_sids_file(config, settings, text.texts))
             codes, self.sid_report, self.sid_key = result.codes, result.report, result.key
             self.sid_source, self.sid_fitted_tokens = result.source, tokens
+            self.catalogue_item_ids = torch.arange(1, self.item_num)
         else:
             codes = self._extend_catalogue(config, settings, text.texts, sid_catalogue)
             self.sid_report, self.sid_key = collision_report(codes[:, :settings.quantizer.n_digit]), sid_catalogue["key"]
             self.sid_source = "model"
             self.sid_fitted_tokens = list(sid_catalogue.get("fitted_tokens", sid_catalogue["tokens"]))
+            ids = self.field2token_id[self.iid_field]
+            self.catalogue_item_ids = torch.tensor([ids.get(token, 0) for token in sid_catalogue["tokens"]])
         padding = np.full((1, codes.shape[1]), PADDING_CODE)
         self.item_sid = torch.from_numpy(np.concatenate([padding, codes]))
         logger.info(f"semantic IDs ({settings.sid_quantizer}): {self.sid_report}")

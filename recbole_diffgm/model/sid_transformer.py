@@ -55,7 +55,7 @@ class SIDTransformer(GenerativeRecommender):
         # Optional dense item head (LIGER, COBRA): the history's last state scores every item by its own vector.
         self.dense_head, self.dense_weight = bool(config["dense_head"]), config["dense_weight"]
         if self.dense_head:
-            self.item_embedding = nn.Embedding(self.n_items, d_model, padding_idx=0)
+            self.init_dense_items(config, dataset)
         self.autocast_dtype = {"none": None, "bf16": torch.bfloat16}[
             config_choice(config, "mixed_precision", ("none", "bf16"))]
         if config["compile"]:  # the decoder: the hot path of decoding; in place, so checkpoints keep their names
@@ -72,6 +72,14 @@ class SIDTransformer(GenerativeRecommender):
 
     def autocast(self, device: torch.device) -> torch.autocast:
         return torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+    def init_dense_items(self, config, dataset) -> None:
+        """The dense head's item vectors (``dense_item_vectors``): one learned vector per item id."""
+        self.item_embedding = nn.Embedding(self.n_items, config["n_embd"], padding_idx=0)
+
+    def dense_item_vectors(self) -> torch.Tensor:
+        """``[n_items, D]``: the vectors the dense head scores every item by."""
+        return self.item_embedding.weight
 
     def init_history_embedding(self, config) -> None:
         d_model = config["n_embd"]
@@ -127,7 +135,7 @@ class SIDTransformer(GenerativeRecommender):
             row_size = mask.sum(dim=1)
             row_start = row_size.cumsum(dim=0) - row_size  # packed row by row
             states = memory[row_start[users] + (steps + 1) * keys_per_item - 1]
-            logits = (states @ self.item_embedding.weight.T).float()
+            logits = (states @ self.dense_item_vectors().T).float()
         logits[:, 0] = float("-inf")
         return logits.log_softmax(dim=-1)
 
