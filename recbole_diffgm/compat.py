@@ -56,4 +56,15 @@ def load_checkpoint(path: str, device: torch.device | str = "cpu") -> dict:
     return torch.load(path, map_location=device, weights_only=False)
 
 
+def turn_off_anomaly_detection() -> None:
+    """RecBole 1.2.1's ``sine.py`` calls ``torch.autograd.set_detect_anomaly(True)`` when imported, and importing
+    any RecBole sequential model imports it (the package's ``__init__``): every later backward pass of the process
+    then keeps a stack trace per operation, a debugging mode (SASRec-strong's training step on Beauty took 1.7x the
+    CPU time). The package is imported once here, and the mode turned off again; SINE trains without it too."""
+    import recbole.model.sequential_recommender  # noqa: F401
+
+    torch.autograd.set_detect_anomaly(False)
+
+
 restore_numpy_aliases()
+turn_off_anomaly_detection()
