@@ -92,7 +92,8 @@ def test_a_real_two_trial_search_selects_on_validation_and_tests_the_best(tiny_c
     assert again["best_valid_score"] == pytest.approx(summary["best_valid_score"])
 
 
-@pytest.mark.parametrize("model", ["DiffGM", "DigitClassifier", "ARGM", "TIGER", "SASRec", "GRU4Rec", "BERT4Rec"])
+@pytest.mark.parametrize("model", ["DiffGM", "DigitClassifier", "DiffGMHybrid", "DigitClassifierHybrid", "ARGM", "TIGER",
+                                   "SASRec", "GRU4Rec", "BERT4Rec"])
 def test_every_shipped_search_space_names_keys_its_model_reads(tiny_config, monkeypatch, model):
     """Each parameter of a shipped search space is read while its model's data, model and trainer are built and
     train an epoch (a key that exists in some property file but that nothing of this model reads tunes nothing)."""
