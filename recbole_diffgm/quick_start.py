@@ -146,10 +146,13 @@ def _run(model, dataset, config_file_list, config_dict, saved, callback_fn=None,
                 f"{train_seconds['wall'] / 60:.1f} min training ({train_seconds['process'] / 60:.1f} CPU-min) and "
                 f"{valid_seconds['wall'] / 60:.1f} min validation; best epoch {trainer.best_epoch()}; "
                 f"learning curve: {trainer.curve_file}")
+    if saved and test:  # until the test is done, a killed run resumes to its test
+        trainer.save_trained_state()
     start = time.perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"]) if test else None
     test_seconds = time.perf_counter() - start
     test_by_case = evaluate_by_case(trainer, test_data, config["show_progress"]) if test else {}
+    trainer.discard_resume_state()
 
     logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")

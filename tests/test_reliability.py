@@ -70,6 +70,39 @@ def test_a_killed_run_resumes_to_the_same_end(tiny_config, tmp_path, caplog):
     assert not resume_file.exists()
 
 
+def test_a_run_killed_while_testing_resumes_to_its_test_without_training(tiny_config, tmp_path, monkeypatch):
+    from recbole_diffgm.trainer import GenerativeTrainer
+
+    uninterrupted = run_recbole_diffgm("DiffGM", NAME, config_dict=run_config(tiny_config, tmp_path, "whole"))
+
+    class Killed(Exception):
+        pass
+
+    evaluate = GenerativeTrainer.evaluate
+
+    def killed_at_the_test(self, eval_data, load_best_model=True, *args, **kwargs):
+        if load_best_model:  # validation passes False; the test loads the best checkpoint
+            raise Killed
+        return evaluate(self, eval_data, load_best_model, *args, **kwargs)
+
+    monkeypatch.setattr(GenerativeTrainer, "evaluate", killed_at_the_test)
+    with pytest.raises(Killed):
+        run_recbole_diffgm("DiffGM", NAME, config_dict=run_config(tiny_config, tmp_path, "killed"))
+    monkeypatch.setattr(GenerativeTrainer, "evaluate", evaluate)
+    (resume_file,) = (tmp_path / "killed").glob("*-resume.pth")
+    assert load_checkpoint(resume_file)["training_done"]
+
+    trained = []
+    monkeypatch.setattr(GenerativeTrainer, "_train_epoch", lambda *args, **kwargs: trained.append(args[2]))
+    resumed = run_recbole_diffgm(resume_file=str(resume_file))
+    assert trained == []  # straight to the test
+    assert resumed["test_result"] == uninterrupted["test_result"]
+    assert (resumed["epochs_run"], resumed["best_epoch"], resumed["stop_reason"]) == (
+        uninterrupted["epochs_run"], uninterrupted["best_epoch"], uninterrupted["stop_reason"])
+    assert [p["valid_score"] for p in resumed["curve"]] == [p["valid_score"] for p in uninterrupted["curve"]]
+    assert not resume_file.exists()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("localhost", 0))

@@ -4,7 +4,10 @@
 is written atomically, RecBole's two reloads of its own checkpoints go through ``compat.load_checkpoint``, and
 from the second epoch on the state after the previous epoch (weights, optimizer, early-stopping counters, every
 random generator, the training loader's shuffling generator, and the trainer's ``progress_state``) is written to
-``resume_file_of(saved_model_file)``, which ``resume_checkpoint`` continues from.
+``resume_file_of(saved_model_file)``, which ``resume_checkpoint`` continues from. Once training has ended, the same
+file holds the trained state (``save_trained_state``: the best checkpoint's scores and the progress, no weights)
+until the run's test is done, so a run killed while testing (a CPD beam over every test user can take an hour)
+resumes to its test, not to a new training.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class CheckpointMixin:
     def __init__(self, config, model):
         super().__init__(config, model)
         self._resumed_loader_state = None
+        self.training_done = False  # resumed from a trained state: fit has nothing left to train
 
     def _is_writer(self) -> bool:
         return self.config["single_spec"] or self.config["local_rank"] == 0
@@ -110,6 +114,14 @@ class CheckpointMixin:
         """Training has ended (not crashed): nothing is left to resume."""
         resume_file_of(self.saved_model_file).unlink(missing_ok=True)
 
+    def save_trained_state(self) -> None:
+        """Training has ended and the test is next: what the test and the run's result need (the best
+        checkpoint's file and scores, ``progress_state``), in the resume file; ``discard_resume_state`` after it."""
+        if self._is_writer():
+            save_atomically({"config": self.config, "training_done": True, "best_valid_score": self.best_valid_score,
+                             "best_valid_result": self.best_valid_result, "best_model_file": self.saved_model_file,
+                             **self.progress_state()}, resume_file_of(self.saved_model_file))
+
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         if load_best_model and eval_data:
             if not self.config["single_spec"]:
@@ -127,10 +139,16 @@ class CheckpointMixin:
         resume_file = str(resume_file)
         checkpoint = load_checkpoint(resume_file, self.device)
         self.saved_model_file = checkpoint.get("best_model_file", resume_file)
-        self.start_epoch = checkpoint["epoch"] + 1
-        self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
         self.best_valid_result = checkpoint.get("best_valid_result")
+        self.training_done = checkpoint.get("training_done", False)
+        if self.training_done:  # killed while testing: the test of the best checkpoint is what is left
+            self.restore_progress_state(checkpoint)
+            self.logger.info(f"Checkpoint loaded: training had ended; the best checkpoint {self.saved_model_file} "
+                             "is tested")
+            return
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
         if checkpoint["config"]["model"].lower() != self.config["model"].lower():
             self.logger.warning(
                 f"Checkpoint {resume_file} was written by model {checkpoint['config']['model']}, "

@@ -249,6 +249,8 @@ class PluginTrainerMixin(CheckpointMixin):
         self.logger.info(line)
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        if self.training_done:  # resumed from its trained state (CheckpointMixin.save_trained_state)
+            return self.best_valid_score, self.best_valid_result
         check_trainer_memory(self, train_data, training=True)  # an evaluation batch that cannot fit: before epoch 0
         try:
             result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
@@ -265,10 +267,11 @@ class PluginTrainerMixin(CheckpointMixin):
 
     def progress_state(self) -> dict:
         return {"elapsed_seconds": self._elapsed(), "validation_seconds": self.validation_seconds(),
-                "trained_epochs": self.epochs_trained, "curve": self.curve}
+                "trained_epochs": self.epochs_trained, "curve": self.curve, "stop_reason": self.stop_reason}
 
     def restore_progress_state(self, checkpoint: dict) -> None:
         self._spent = dict(checkpoint.get("elapsed_seconds", self._spent))
         self._validating = dict(checkpoint.get("validation_seconds", self._validating))
         self.epochs_trained = checkpoint.get("trained_epochs", 0)
         self.curve = list(checkpoint.get("curve", []))
+        self.stop_reason = checkpoint.get("stop_reason")
