@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 from recbole_diffgm.errors import InputError
@@ -121,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             from recbole_diffgm.tuned_benchmark import run_tuned_benchmark
 
             seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [None]
-            # The command that trains the table (--report_only only writes it).
-            command = " ".join(["python run_recbole_diffgm.py",
-                                *(arg for arg in (sys.argv[1:] if argv is None else argv) if arg != "--report_only")])
+            # The command that trains the table (--report_only only writes it), quoted as a shell reads it back.
+            command = shlex.join(["python", "run_recbole_diffgm.py",
+                                  *(arg for arg in (sys.argv[1:] if argv is None else argv) if arg != "--report_only")])
             if args.tune_budget:
                 run_tuned_benchmark(models, args.dataset, args.tune_budget, config_files, overrides, seeds,
                                     args.results_dir, command, args.params_dir, args.cpus_per_trial,

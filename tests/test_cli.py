@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -84,3 +85,18 @@ def test_training_runs_without_ray_and_the_search_modes_say_what_to_install(tiny
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith(
         "error: the search modes (--params_file, --tune_budget) need Ray Tune, which cannot be imported here")
+
+
+def test_a_benchmark_table_opens_with_its_command_quoted_as_a_shell_reads_it(fast_config, slice_root, tmp_path):
+    # Two config files in one argument (RecBole's --config_files="a.yaml b.yaml"): the command at the table's top
+    # must give the shell that same one argument back.
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text(yaml.safe_dump(fast_config))
+    second.write_text(yaml.safe_dump({"epochs": 1}))
+    args = ["--model=SASRec", "--dataset=beauty-slice", f"--config_files={first} {second}",
+            f"--results_dir={tmp_path / 'results'}", "--seeds=1"]
+    done = run_cli(*args, "--report_only", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = (tmp_path / "results" / "beauty-slice.md").read_text().splitlines()
+    command = table[table.index("```bash") + 1]
+    assert shlex.split(command) == ["python", "run_recbole_diffgm.py", *args]
