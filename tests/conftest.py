@@ -154,3 +154,15 @@ def catalogue_beams(model, data, beam_size: int):
         for user, target in enumerate(interaction["item_id"].tolist()):
             beams = zip(map(tuple, codes[user].tolist()), scores[user].tolist())
             yield tuple(model.item_sid[target].tolist()), [(sid, score) for sid, score in beams if sid in catalogue]
+
+
+@torch.no_grad()
+def fused_pure_dense(model, interaction) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A model with a dense head, in eval mode: its item scores with the head, without it, and the head's
+    log-probabilities alone, for one evaluation batch."""
+    model.eval()
+    fused = model.full_sort_predict(interaction)
+    model.dense_head = False
+    pure = model.full_sort_predict(interaction)
+    model.dense_head = True
+    return fused, pure, model.dense_log_probs(interaction[model.ITEM_SEQ])

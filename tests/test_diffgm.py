@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import NAME, catalogue_beams
+from conftest import NAME, catalogue_beams, fused_pure_dense
 from recbole.data import data_preparation
 
 from recbole_diffgm import (
@@ -619,13 +619,7 @@ def test_the_dense_head_adds_its_loss_and_its_item_scores_at_item_level_only(tin
     assert model.calculate_loss(batch).item() == pytest.approx(
         generative.item() + torch.nn.functional.nll_loss(dense, batch[model.POS_ITEM_ID]).item(), rel=1e-5)
 
-    model.eval()
-    with torch.no_grad():
-        fused = model.full_sort_predict(interaction)
-        model.dense_head = False
-        pure = model.full_sort_predict(interaction)
-        model.dense_head = True
-        dense = model.dense_log_probs(interaction[model.ITEM_SEQ])
+    fused, pure, dense = fused_pure_dense(model, interaction)
     items = torch.arange(1, model.n_items)
     # Up to the tie-break (below a float32 step), fused = pure + 0.5 dense.
     assert torch.allclose(fused[:, items], pure[:, items] + 0.5 * dense[:, items].double(), atol=1e-4)

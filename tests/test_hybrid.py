@@ -8,7 +8,7 @@ import csv
 import pandas as pd
 import pytest
 import torch
-from conftest import NAME, read_atomic
+from conftest import NAME, fused_pure_dense, read_atomic
 from recbole.data import data_preparation
 
 from recbole_diffgm import Config, InputError, Recommender, create_dataset, get_model, run_recbole_diffgm
@@ -64,13 +64,7 @@ def test_the_encoder_reads_the_history_items_texts_and_the_fused_score_adds_the_
     assert model.text_adaptor.projections.grad.abs().sum() > 0 and model.item_id_embedding.weight.grad.abs().sum() > 0
 
     interaction = next(iter(valid))[0]
-    model.eval()
-    with torch.no_grad():
-        fused = model.full_sort_predict(interaction)
-        model.dense_head = False
-        pure = model.full_sort_predict(interaction)
-        model.dense_head = True
-        dense = model.dense_log_probs(interaction[model.ITEM_SEQ])
+    fused, pure, dense = fused_pure_dense(model, interaction)
     items = torch.arange(1, model.n_items)
     assert torch.allclose(fused[:, items], pure[:, items] + 0.5 * dense[:, items].double(), atol=1e-4)
 
