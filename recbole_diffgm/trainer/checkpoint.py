@@ -12,6 +12,7 @@ resumes to its test, not to a new training.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -60,6 +61,8 @@ class CheckpointMixin:
     """
 
     def __init__(self, config, model):
+        # RecBole's ensure_dir checks, then creates: DDP ranks starting together race on it
+        os.makedirs(config["checkpoint_dir"], exist_ok=True)
         super().__init__(config, model)
         self._resumed_loader_state = None
         self.training_done = False  # resumed from a trained state: fit has nothing left to train
