@@ -137,6 +137,21 @@ def test_digit_sum_scores_sum_the_all_masked_log_probs():
     torch.testing.assert_close(digit_sum_scores(first, sids), expected)
 
 
+def test_digit_sum_scores_are_the_same_with_and_without_a_gradient():
+    # Evaluation sums bags of table rows, training gathers with autograd: the same floats, to the bit, on the
+    # shapes of a catalogue (codes repeat within a digit) and a batch that is not a power of two.
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(37, 4, 64, generator=generator, requires_grad=True)
+    first = logits.log_softmax(dim=-1)
+    sids = torch.randint(0, 64, (1000, 4), generator=generator)
+    with torch.no_grad():
+        evaluated = digit_sum_scores(first, sids)
+    trained = digit_sum_scores(first, sids)
+    assert trained.requires_grad and not evaluated.requires_grad
+    assert torch.equal(evaluated, trained.detach())
+    assert torch.equal(trained.detach(), sum(first.detach()[:, d, sids[:, d]] for d in range(4)))
+
+
 def test_guided_scores_fill_each_sid_most_confident_digit_first():
     tables, denoise = toy_denoiser()
     sids = torch.tensor(list(itertools.product(range(3), repeat=2)))[None]

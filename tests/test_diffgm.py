@@ -586,6 +586,9 @@ def test_items_that_share_a_sid_are_ordered_by_popularity_then_id_exactly():
     assert order == [0, 3, 2, 4, 1, 5, 6]
     # The float32 order between groups is kept, and non-finite scores stay as they are.
     assert break_ties(torch.tensor([[float("-inf"), -1.0]]), torch.tensor([1, 0])).tolist() == [[float("-inf"), -1.0]]
+    # Unique groups (sid_collision: reassign): the scores come back as they are.
+    unique = torch.tensor([[-3.0, -1.0, -2.0]])
+    assert break_ties(unique, torch.zeros(3, dtype=torch.long)) is unique
 
 
 def test_full_sort_orders_the_items_of_a_sid_by_training_popularity(tiny):
