@@ -185,24 +185,33 @@ def _reuse_or_run(model, dataset, config_file_list, config_dict, run_dir: Path, 
             return {**stored["result"], "reused": True}
     if report_only:
         return {"error": "not run yet (no finished run of this config, data and code version)"}
-    started = run_dir / "started.json"
+    started, tested = run_dir / "started.json", run_dir / "tested.json"
     resume_files = sorted(run_dir.glob("*-resume.pth"))
     same_run = started.is_file() and json.loads(started.read_text()).get("key") == key
     if not same_run:  # another config's leftovers: never resumed, never reused
-        for stale in [*run_dir.glob("*.pth"), finished]:
+        for stale in [*run_dir.glob("*.pth"), finished, tested]:
             stale.unlink(missing_ok=True)
         resume_files = []
     write_json_atomically({"key": key}, started)
-    if resume_files:
-        getLogger().info(f"benchmark: {model} resumes from {resume_files[-1]}")
-        result = run_recbole_diffgm(resume_file=str(resume_files[-1]))
+    if same_run and tested.is_file():  # trained and tested: only what follows the test is left
+        getLogger().info(f"benchmark: {model} was trained and tested before it was stopped ({tested})")
+        result = json.loads(tested.read_text())["result"]
     else:
-        result = run_recbole_diffgm(model, dataset, config_file_list, config_dict)
+        if resume_files:
+            getLogger().info(f"benchmark: {model} resumes from {resume_files[-1]}")
+            result = run_recbole_diffgm(resume_file=str(resume_files[-1]))
+        else:
+            result = run_recbole_diffgm(model, dataset, config_file_list, config_dict)
+        # The run's resume state is gone once it is tested: what follows (a generative model's SID-level test,
+        # as long as the item-level one) must not retrain it if it is stopped.
+        result["device"] = device_description(str(result["device"]))
+        result = json.loads(json.dumps(_plain(result)))
+        write_json_atomically({"key": key, "result": result}, tested)
     checkpoint = load_checkpoint(result["model_file"])
     if generative:
         result["sid_test_result"] = dict(evaluate_saved_model(result["model_file"], {"eval_level": "sid"}))
         result["sids"] = sid_summary(checkpoint["config"], checkpoint["other_parameter"]["sid_catalogue"]["codes"])
-    result["device"] = device_description(result["device"])
+    # The peak of this process: training's too unless the run was trained in an earlier one.
     result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available():
         result["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -211,6 +220,7 @@ def _reuse_or_run(model, dataset, config_file_list, config_dict, run_dir: Path, 
     result["best_valid_result"] = dict(result["best_valid_result"] or {})
     result = json.loads(json.dumps(_plain(result)))
     write_json_atomically({"key": key, "result": result}, finished)
+    tested.unlink()
     return result
 
 

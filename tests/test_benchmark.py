@@ -106,6 +106,36 @@ def test_a_benchmark_killed_mid_model_keeps_its_finished_rows_and_resumes_the_ru
     assert [point["ndcg@5"] for point in resumed["curves"][0]] == [point["ndcg@5"] for point in whole["curves"][0]]
 
 
+def test_a_run_stopped_after_its_test_is_not_trained_again(tiny_config, tmp_path, monkeypatch):
+    # The resume state is discarded once the item-level test is done; the SID-level test that follows is as
+    # long as it, and a benchmark stopped there must go on from the tested run, not from scratch.
+    import recbole_diffgm.quick_start as quick_start
+    from recbole_diffgm.benchmark import _reuse_or_run
+
+    run_dir, settings = tmp_path / "runs" / "DiffGM", {**tiny_config, "epochs": 2}
+    real_evaluate = quick_start.evaluate_saved_model
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quick_start, "evaluate_saved_model", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        _reuse_or_run("DiffGM", NAME, None, settings, run_dir)
+    assert (run_dir / "tested.json").is_file() and not (run_dir / "run.json").exists()
+    assert not list(run_dir.glob("*-resume.pth"))
+    trained = json.loads((run_dir / "tested.json").read_text())["result"]
+
+    def retrained(*args, **kwargs):
+        raise AssertionError("a tested run was trained again")
+
+    monkeypatch.setattr(quick_start, "evaluate_saved_model", real_evaluate)
+    monkeypatch.setattr(quick_start, "run_recbole_diffgm", retrained)
+    result = _reuse_or_run("DiffGM", NAME, None, settings, run_dir)
+    assert result["test_result"] == trained["test_result"] and result["sid_test_result"]
+    assert (run_dir / "run.json").is_file() and not (run_dir / "tested.json").exists()
+    assert _reuse_or_run("DiffGM", NAME, None, settings, run_dir)["reused"]
+
+
 def test_a_run_process_dies_with_its_benchmark_at_once_not_at_its_next_poll(tmp_path):
     # The polling fallback is set to an hour: only the kernel's parent-death signal can end the run in time.
     run = ("import os, time\nfrom recbole_diffgm.benchmark import _exit_with\n"
