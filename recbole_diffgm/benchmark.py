@@ -250,7 +250,7 @@ _ATOMIC_SUFFIXES = ("inter", "user", "item", "kg", "link", "net")  # RecBole's a
 
 # Keys added after runs were finished, with the value that computes what those runs computed: a run whose key holds
 # that value digests as if the key did not exist, so adding a key with its "off" value keeps every finished run.
-_ADDED_KEYS = {"cold_items": 0, "cold_items_seed": 2020}
+_ADDED_KEYS = {"cold_items": 0, "cold_items_seed": 2020, "catalogue_loss_samples": 0}
 _ABSENT = object()
 
 

@@ -818,3 +818,40 @@ def test_the_catalogue_loss_is_the_cross_entropy_of_one_pass_scores(tiny_config,
         losses.append(-(0.9 * log_probs[target_index] + 0.1 * log_probs.mean()))
     expected = torch.stack(losses).mean()
     assert (with_catalogue - digits_only).item() == pytest.approx(0.5 * expected.item(), rel=1e-4)
+
+
+def test_the_sampled_catalogue_loss_is_a_softmax_over_the_batch_targets_and_the_drawn_sids(tiny_config):
+    config = Config("DiffGM", NAME, config_dict={**tiny_config, "catalogue_loss_weight": 1.0, "label_smoothing": 0.1,
+                                                 "catalogue_loss_samples": 5})
+    train, _, _ = data_preparation(config, create_dataset(config))
+    torch.manual_seed(0)
+    model = get_model("DiffGM")(config, train._dataset).eval()
+    batch = next(iter(train))
+    with torch.no_grad():
+        memory_kv, memory_mask = model.encode(batch["item_id_list"])
+        first = model.denoise(torch.full((len(batch), 1, model.n_digit), MASK), memory_kv, memory_mask)[:, 0]
+    targets = batch["item_id"]
+    torch.manual_seed(2)
+    sampled = model.catalogue_loss(first, targets)
+
+    # By hand, with the same draws: each row's classes are the batch's target SIDs and the drawn SIDs, less the
+    # other copies of its own SID; label smoothing spreads over those classes.
+    catalogue = model.distinct_sids.tolist()
+    torch.manual_seed(2)
+    drawn = torch.randint(len(catalogue), (5,)).tolist()
+    target_sids = model.item_sid_index[targets].tolist()
+    candidates = target_sids + drawn
+    losses = []
+    for row, own in enumerate(target_sids):
+        kept = [sid for column, sid in enumerate(candidates) if column == row or sid != own]
+        logits = torch.tensor([sum(first[row, d, code].item() for d, code in enumerate(catalogue[sid]))
+                               for sid in kept])
+        log_probs = logits.log_softmax(dim=0)
+        losses.append(-(0.9 * log_probs[kept.index(own)] + 0.1 * log_probs.mean()))
+    assert sampled.item() == pytest.approx(torch.stack(losses).mean().item(), rel=1e-4)
+    assert len(set(target_sids)) < len(target_sids)  # the batch repeats a target: the copy rule was exercised
+
+    model.catalogue_loss_samples = len(catalogue)  # as many as the catalogue: the full softmax
+    full = model.catalogue_loss(first, targets)
+    model.catalogue_loss_samples = 0
+    assert full.item() == model.catalogue_loss(first, targets).item()

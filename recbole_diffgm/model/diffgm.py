@@ -65,6 +65,9 @@ class DiffGM(SIDTransformer):
         self.catalogue_loss_weight = config["catalogue_loss_weight"]
         if not (isinstance(self.catalogue_loss_weight, (int, float)) and self.catalogue_loss_weight >= 0):
             raise InputError(f"catalogue_loss_weight must be a number >= 0, got {self.catalogue_loss_weight!r}")
+        self.catalogue_loss_samples = config["catalogue_loss_samples"]
+        if not (isinstance(self.catalogue_loss_samples, int) and self.catalogue_loss_samples >= 0):
+            raise InputError(f"catalogue_loss_samples must be an integer >= 0, got {self.catalogue_loss_samples!r}")
 
         self.mask_embedding = nn.Parameter(torch.zeros(self.n_digit, config["n_embd"]))  # one per digit slot
         self.apply(self._init_weights)
@@ -159,9 +162,23 @@ class DiffGM(SIDTransformer):
     def catalogue_loss(self, first_log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the target's SID among every catalogue SID, each scored as one-pass decoding ranks it
         (the sum of its digits' all-masked log-probabilities): the likelihood of the generative model's own SID
-        distribution restricted to the catalogue, so training optimises the ranking that one-pass scoring reads."""
-        scores = digit_sum_scores(first_log_probs.float(), self.distinct_sids)  # [B, S]
-        return F.cross_entropy(scores, self.item_sid_index[targets], label_smoothing=self.label_smoothing)
+        distribution restricted to the catalogue, so training optimises the ranking that one-pass scoring reads.
+        With ``catalogue_loss_samples`` (fewer than the catalogue's SIDs) the softmax runs over the batch's target
+        SIDs and that many SIDs drawn uniformly, shared by the batch: its cost stops growing with the catalogue."""
+        target_sids = self.item_sid_index[targets]
+        if not 0 < self.catalogue_loss_samples < len(self.distinct_sids):
+            scores = digit_sum_scores(first_log_probs.float(), self.distinct_sids)  # [B, S]
+            return F.cross_entropy(scores, target_sids, label_smoothing=self.label_smoothing)
+        drawn = torch.randint(len(self.distinct_sids), (self.catalogue_loss_samples,), device=target_sids.device)
+        candidates = torch.cat([target_sids, drawn])
+        scores = digit_sum_scores(first_log_probs.float(), self.distinct_sids[candidates])  # [B, B + samples]
+        rows = torch.arange(len(target_sids), device=target_sids.device)
+        # Another copy of a row's own SID is neither its target nor a negative: left out of its softmax.
+        copy = candidates[None, :] == target_sids[:, None]
+        copy[rows, rows] = False
+        log_probs = scores.masked_fill(copy, float("-inf")).log_softmax(dim=1)
+        smoothing = log_probs.masked_fill(copy, 0).sum(dim=1) / (~copy).sum(dim=1)  # over the row's own classes
+        return -((1 - self.label_smoothing) * log_probs[rows, rows] + self.label_smoothing * smoothing).mean()
 
     # ----- inference: CPD, scored per item ----------------------------------------------------------------
 
