@@ -94,24 +94,38 @@ def config_of(args, row: str) -> tuple[str, list[str], dict]:
 
 
 def measure_sid(args) -> dict:
-    """The SID build of the ``args.row`` quantizer's recipe from a cold cache: embedding and quantizer seconds.
-    The shared cache is filled first (untimed), so that the training and decoding processes find their SIDs."""
+    """The SID build of the ``args.row`` quantizer's recipe, as a run does it on a cold cache (embedding, quantizer,
+    collision policy); its files then go to the shared cache, where the training and decoding processes find them."""
+    import shutil
+
+    import recbole_diffgm.data.dataset as sid_dataset
     from recbole_diffgm.config import Config
-    from recbole_diffgm.data.sid import SIDSettings, build_sids
     from recbole_diffgm.utils import create_dataset
 
+    timed = []
+
+    def build_sids(*args, **kwargs):  # the dataset's own call, timed
+        start = time.perf_counter()
+        result = real_build(*args, **kwargs)
+        timed.append((time.perf_counter() - start, result))
+        return result
+
+    real_build, sid_dataset.build_sids = sid_dataset.build_sids, build_sids
     model = "TIGER" if args.row == "rq_vae" else "DiffGM"
-    files = [DATASET_FILE, BUDGET, f"properties/recipes/{SIDS[args.row]}.yaml"]
-    settings = {"data_path": args.data_dir, "sid_cache_dir": args.sid_cache, "checkpoint_dir": args.sid_cache,
-                "show_progress": False, "state": "WARNING"}
-    config = Config(model, dataset_name(args.size), files, settings)
-    texts = create_dataset(config).item_texts(config).texts
-    cold = tempfile.mkdtemp(prefix="sid-scale-")
-    config = Config(model, dataset_name(args.size), files, {**settings, "sid_cache_dir": cold})
-    start = time.perf_counter()
-    result = build_sids(texts, SIDSettings.from_config(config), show_progress=False)
-    return {"items": len(texts), "sid_build_s": time.perf_counter() - start,
-            **{f"{part}_s": seconds for part, seconds in result.seconds.items()}}
+    cold = Path(tempfile.mkdtemp(prefix="sid-scale-"))
+    config = Config(model, dataset_name(args.size), [DATASET_FILE, BUDGET, f"properties/recipes/{SIDS[args.row]}.yaml"],
+                    {"data_path": args.data_dir, "sid_cache_dir": str(cold), "checkpoint_dir": str(cold),
+                     "show_progress": False, "state": "WARNING"})
+    dataset = create_dataset(config)
+    (seconds, result), = timed
+    shared = Path(args.sid_cache)
+    shared.mkdir(parents=True, exist_ok=True)
+    for file in cold.glob("*.npz"):
+        shutil.copyfile(file, shared / f".{file.name}.partial")
+        (shared / f".{file.name}.partial").rename(shared / file.name)
+    shutil.rmtree(cold)
+    return {"items": dataset.item_num - 1, "sid_build_s": seconds,
+            **{f"{part}_s": part_seconds for part, part_seconds in result.seconds.items()}}
 
 
 def measure_train(args) -> dict:
@@ -125,7 +139,8 @@ def measure_train(args) -> dict:
     rows = sum(step(next(batches)) for _ in range(args.train_steps))
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {"items": built.dataset.item_num - 1, "train_rows_per_s": rows / seconds,
-            "train_rows_per_cpu_s": rows / cpu, "train_batch": built.config["train_batch_size"], "train_peak_gb": peak_gb()}
+            "train_rows_per_cpu_s": rows / cpu, "train_batch": built.config["train_batch_size"],
+            "train_peak_gb": peak_gb()}
 
 
 @torch.no_grad()
@@ -183,7 +198,8 @@ def report(args, found: dict, out: Path) -> None:
 
     by_row: dict = {}
     for (size, row, phase, threads), record in found.items():
-        by_row.setdefault((row, size, threads), {}).update({**record["result"], f"{phase}_error": record["result"].get("error")})
+        result = record["result"]
+        by_row.setdefault((row, size, threads), {}).update({**result, f"{phase}_error": result.get("error")})
     fields = ["row", "size", "threads", "items", "train_rows_per_s", "train_rows_per_cpu_s", "train_peak_gb",
               "decode_ms_per_user", "decode_cpu_ms_per_user", "decode_peak_gb", "sid_build_s", "embedding_s",
               "quantizer_s", "errors"]
