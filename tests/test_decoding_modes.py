@@ -62,6 +62,38 @@ def test_the_fast_cpd_path_equals_a_plain_reference(tiny):
                                    rtol=0)
 
 
+@torch.no_grad()
+def test_cpd_on_a_cpu_decodes_in_user_chunks_as_in_one_batch(tiny, monkeypatch):
+    import recbole_diffgm.model.diffgm as diffgm
+
+    model, batch, _ = tiny
+    model.eval()
+    histories = batch[model.ITEM_SEQ][:7]
+    codes, scores, first = model.decode(histories, beam_size=8)
+    decoded = []
+    monkeypatch.setattr(diffgm, "CPU_CPD_SEQUENCES", 16)  # 2 users of 8 beams at a time: 4 chunks
+    real_decode = diffgm.DiffGM.decode
+    monkeypatch.setattr(diffgm.DiffGM, "decode", lambda self, seq, beam_size: decoded.append(len(seq)) or
+                        real_decode(self, seq, beam_size))
+    chunked = model.decode(histories, beam_size=8)
+    assert decoded == [7, 2, 2, 2, 1]
+    alive = scores.isfinite()
+    assert torch.equal(chunked[1].isfinite()[:, : scores.shape[1]], alive)
+    assert torch.equal(chunked[0][:, : scores.shape[1]][alive], codes[alive])
+    torch.testing.assert_close(chunked[1][:, : scores.shape[1]][alive], scores[alive], atol=1e-5, rtol=0)
+    torch.testing.assert_close(chunked[2], first, atol=1e-5, rtol=0)
+
+
+def test_user_chunks_with_fewer_beams_are_padded_with_dead_beams():
+    from recbole_diffgm.model.diffgm import concat_beams
+
+    wide = (torch.tensor([[[1, 2], [3, 4], [5, 6]]]), torch.tensor([[-1.0, -2.0, -3.0]]), torch.zeros(1, 2, 4))
+    narrow = (torch.tensor([[[7, 8]]]), torch.tensor([[-0.5]]), torch.ones(1, 2, 4))
+    codes, scores, first = concat_beams([wide, narrow])
+    assert codes.shape == (2, 3, 2) and codes[1].tolist() == [[7, 8]] * 3
+    assert scores[1].tolist() == [-0.5, float("-inf"), float("-inf")] and first.shape == (2, 2, 4)
+
+
 def test_fill_schedules_spread_the_digits_and_fill_more_last():
     assert fill_schedule(4, 4) == [1, 1, 1, 1]
     assert fill_schedule(4, 3) == [1, 1, 2]

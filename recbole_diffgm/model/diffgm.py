@@ -28,6 +28,20 @@ from recbole_diffgm.evaluation import digit_sum_scores
 from recbole_diffgm.model.decoding import MASK, cpd_beam_search, guided_sid_scores
 from recbole_diffgm.model.sid_transformer import DecodeRows, MemoryKV, SIDTransformer
 
+# On a CPU, CPD runs fastest with about this many beam sequences (users x beams) at a time, its activations held in
+# cache: 512 users of beam 32 at once took about twice the time per user of 32 users (results/inference-speed.md).
+CPU_CPD_SEQUENCES = 1024
+
+
+def concat_beams(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``(codes, scores, first_log_probs)`` of user chunks decoded apart, as one batch: a chunk with fewer beams
+    (none left for any of its users) is padded with beams of score ``-inf``."""
+    width = max(codes.shape[1] for codes, _, _ in parts)
+    codes = torch.cat([torch.cat([c, c[:, -1:].expand(-1, width - c.shape[1], -1)], dim=1) for c, _, _ in parts])
+    scores = torch.cat([F.pad(s, (0, width - s.shape[1]), value=float("-inf")) for _, s, _ in parts])
+    return codes, scores, torch.cat([first for _, _, first in parts])
+
 
 class DiffGM(SIDTransformer):
     def __init__(self, config, dataset):
@@ -204,6 +218,9 @@ class DiffGM(SIDTransformer):
         """``decode_mode: cpd``: CPD with ``beam_size`` beams in ``decode_passes`` passes. ``one_pass``: every
         catalogue SID ranked by the all-masked pass alone (the top ``beam_size`` returned as beams), or, with
         ``rerank_size: R``, its top R re-scored by CPD's guided fill (R more candidates, ``n - 1`` more passes)."""
+        users = max(1, CPU_CPD_SEQUENCES // beam_size)
+        if self.decode_mode == "cpd" and item_seq.device.type == "cpu" and len(item_seq) > users:
+            return concat_beams([self.decode(part, beam_size) for part in item_seq.split(users)])
         memory_kv, memory_mask = self.encode(item_seq)
 
         def denoise(codes: torch.Tensor) -> torch.Tensor:
