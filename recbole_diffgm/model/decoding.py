@@ -49,6 +49,10 @@ class SIDPatterns:
         self.n_sids, self.n_digit, self.n_codes = n_sids, n_digit, n_codes
         # The sentinel row n_sids has code n_codes in every digit: scattered into a spare column, never a code.
         self.sids = torch.cat([sids, sids.new_full((1, n_digit), n_codes)])
+        # The same codes digit by digit, int16: a beam looks up one digit of thousands of SIDs at a time, and a
+        # compact row per digit stays in cache where [n_sids, n] int64 does not (the beam's bookkeeping at 1M
+        # random 8-digit SIDs: 52 -> 17 ms per user at beam 32).
+        self.digit_codes = self.sids.T.to(torch.int16).contiguous()  # [n, n_sids + 1]
         self._widest: dict[int, int] = {}  # widest_beam's answers by beam size
         counts = torch.stack([torch.bincount(digit, minlength=n_codes) for digit in sids.T])  # [n, K]
         # int32: the sets are the beam's largest working tensors ([B, G, M] and the [B, G, n, K] first_sids)
@@ -80,6 +84,7 @@ class SIDPatterns:
     def _on(self, device: torch.device) -> None:
         if self.sids.device != device:  # the model moved to another device after it was built
             self.sids, self.groups = self.sids.to(device), self.groups.to(device)
+            self.digit_codes = self.digit_codes.to(device)
 
     def first_sids(self, members: torch.Tensor | None) -> torch.Tensor:
         """For beams whose partial SIDs match the SIDs ``members [B, G, M]`` (ascending, sentinel-padded; ``None``:
@@ -91,7 +96,7 @@ class SIDPatterns:
         first = members.new_full((*members.shape[:2], self.n_digit, self.n_codes + 1), self.n_sids)
         rows = members.long()
         for digit in range(self.n_digit):
-            first[:, :, digit].scatter_reduce_(2, self.sids[rows, digit], members, reduce="amin")
+            first[:, :, digit].scatter_reduce_(2, self.digit_codes[digit][rows].long(), members, reduce="amin")
         return first[..., :-1]
 
     def narrow(self, members: torch.Tensor | None, slot: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
@@ -100,7 +105,7 @@ class SIDPatterns:
         self._on(slot.device)
         if members is None:
             return self.groups[slot, code]
-        kept = torch.where(self.sids[members.long(), slot[..., None]] == code[..., None], members, self.n_sids)
+        kept = torch.where(self.digit_codes[slot[..., None], members.long()] == code[..., None], members, self.n_sids)
         kept = kept.sort(dim=-1).values
         width = max(1, int((kept < self.n_sids).sum(-1).max()))
         return kept[..., :width]
