@@ -235,7 +235,9 @@ def report(args, found: dict, out: Path) -> None:
              "items (never a target, never in a history; see the script's docstring for their texts). Untrained "
              "weights at the converged recipes' sizes; every figure from a fresh process; memory is the process's "
              "peak RSS (dataset and model included). Decode: item-level `full_sort_predict` + top 10, "
-             f"{args.decode_batch} users a batch. Plot: {out.with_suffix('.png').name}; CSV: "
+             f"{args.decode_batch} users a batch. Code: commit(s) "
+             f"{', '.join(sorted({record.get('commit', '?') for record in found.values()}))} (each measurement's "
+             f"in {out.with_suffix('.jsonl').name}). Plot: {out.with_suffix('.png').name}; CSV: "
              f"{out.with_suffix('.csv').name}.\n",
              "Rates are per second of wall time and, in brackets, per CPU-second of the process (the figure that "
              "holds when other work shares the cores).\n",
@@ -306,6 +308,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.with_suffix(".jsonl")
     found = records(log)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip() or "unknown"
     for size in (int(size) for size in args.sizes.split(",")):
         pad_catalogue(Path(__file__).resolve().parent.parent / "dataset", BEAUTY, Path(args.data_dir), size)
         work = [(quantizer, "sid") for quantizer in quantizers]
@@ -316,7 +320,8 @@ def main() -> None:
             if key in found and "error" not in found[key]["result"]:
                 continue
             result = run_phase(args, size, row, phase)
-            found[key] = {"size": size, "row": row, "phase": phase, "threads": args.threads, "result": result}
+            found[key] = {"size": size, "row": row, "phase": phase, "threads": args.threads, "commit": commit,
+                          "result": result}
             with log.open("a") as handle:
                 handle.write(json.dumps(found[key]) + "\n")
             report(args, found, out)
