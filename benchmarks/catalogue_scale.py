@@ -145,7 +145,9 @@ def measure_train(args) -> dict:
     rows = sum(step(next(batches)) for _ in range(args.train_steps))
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {"items": built.dataset.item_num - 1, "train_rows_per_s": rows / seconds,
-            "train_rows_per_cpu_s": rows / cpu, "train_batch": built.config["train_batch_size"],
+            "train_rows_per_cpu_s": rows / cpu, "train_rows_per_epoch": built.train.sample_size,
+            "train_epoch_cpu_min": built.train.sample_size / (rows / cpu) / 60,
+            "train_batch": built.config["train_batch_size"],
             "train_peak_gb": peak_gb()}
 
 
@@ -206,7 +208,8 @@ def report(args, found: dict, out: Path) -> None:
     for (size, row, phase, threads), record in found.items():
         result = record["result"]
         by_row.setdefault((row, size, threads), {}).update({**result, f"{phase}_error": result.get("error")})
-    fields = ["row", "size", "threads", "items", "train_rows_per_s", "train_rows_per_cpu_s", "train_peak_gb",
+    fields = ["row", "size", "threads", "items", "train_rows_per_s", "train_rows_per_cpu_s", "train_rows_per_epoch",
+              "train_epoch_cpu_min", "train_peak_gb",
               "decode_ms_per_user", "decode_cpu_ms_per_user", "decode_peak_gb", "sid_build_s", "embedding_s",
               "embedding_cached", "quantizer_s", "errors"]
     table = []
@@ -240,9 +243,11 @@ def report(args, found: dict, out: Path) -> None:
              f"in {out.with_suffix('.jsonl').name}). Plot: {out.with_suffix('.png').name}; CSV: "
              f"{out.with_suffix('.csv').name}.\n",
              "Rates are per second of wall time and, in brackets, per CPU-second of the process (the figure that "
-             "holds when other work shares the cores).\n",
-             "| row | items | threads | train rows/s | train peak GB | decode ms/user | decode peak GB | SID build s "
-             "(embedding + quantizer) | errors |", "|---|---|---|---|---|---|---|---|---|"]
+             "holds when other work shares the cores). A training row is a row of the model's batches: a history "
+             "prefix for SASRec, a user with every position for the per-position SID recipes; the epoch's CPU-minutes "
+             "are the comparable figure.\n",
+             "| row | items | threads | train rows/s | epoch CPU-min | train peak GB | decode ms/user | decode peak GB "
+             "| SID build s (embedding + quantizer) | errors |", "|---|---|---|---|---|---|---|---|---|---|"]
     for entry in table:
         label = ROWS[entry["row"]][0] if entry["row"] in ROWS else f"SIDs: {entry['row']}"
         embedding = "cached" if entry["embedding_cached"] else cell(entry["embedding_s"])
@@ -250,7 +255,8 @@ def report(args, found: dict, out: Path) -> None:
                if entry["sid_build_s"] is not None else "–")
         lines.append(f"| {label} | {cell(entry['items'] or entry['size'], 0)} | {entry['threads']} | "
                      f"{cell(entry['train_rows_per_s'])} ({cell(entry['train_rows_per_cpu_s'])}) | "
-                     f"{cell(entry['train_peak_gb'], 2)} | {cell(entry['decode_ms_per_user'], 2)} "
+                     f"{cell(entry['train_epoch_cpu_min'])} | {cell(entry['train_peak_gb'], 2)} | "
+                     f"{cell(entry['decode_ms_per_user'], 2)} "
                      f"({cell(entry['decode_cpu_ms_per_user'], 2)}) | {cell(entry['decode_peak_gb'], 2)} | {sid} | "
                      f"{entry['errors']} |")
     out.write_text("\n".join(lines) + "\n")
