@@ -30,6 +30,7 @@ from recbole_diffgm.model.sid_transformer import DecodeRows, MemoryKV, SIDTransf
 
 # On a CPU, CPD runs fastest with about this many beam sequences (users x beams) at a time, its activations held in
 # cache: 512 users of beam 32 at once took about twice the time per user of 32 users (results/inference-speed.md).
+# The memory check (trainer.memory) counts a batch's users decoded at once: an upper bound here.
 CPU_CPD_SEQUENCES = 1024
 
 
