@@ -18,6 +18,7 @@ from recbole_diffgm import InputError
 from recbole_diffgm.config import Config
 from recbole_diffgm.data.dataset import PADDING_CODE, SIDDataset
 from recbole_diffgm.data.sid import SIDSettings, build_sids
+from recbole_diffgm.data.sid import embed as embed_module
 from recbole_diffgm.data.sid.embed import embed_texts
 from recbole_diffgm.utils import create_dataset
 
@@ -118,6 +119,33 @@ def test_cache_is_reused_and_invalidated_by_text_model_and_settings(sid_config, 
     assert len(list((tmp_path / "cache").glob("emb-*.npz"))) == 2
     np.testing.assert_allclose(default, local, atol=1e-6)
     assert np.allclose(np.linalg.norm(default, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_large_embedding_interrupted_between_parts_resumes_after_the_last_one(sid_config, tmp_path, monkeypatch):
+    from sentence_transformers import SentenceTransformer
+
+    dataset = build(sid_config)
+    texts = dataset.item_texts(dataset.config).texts[:8]
+    whole = embed_texts(texts, "all-MiniLM-L6-v2", 8, "cpu", tmp_path / "whole", show_progress=False)
+    monkeypatch.setattr(embed_module, "EMBED_PART", 3)  # 8 texts: parts of 3, 3 and 2
+    real_encode, calls = SentenceTransformer.encode, []
+
+    def encode_until_stopped(encoder, part, **kwargs):
+        calls.append(len(part))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # stopped while embedding the third part
+        return real_encode(encoder, part, **kwargs)
+
+    monkeypatch.setattr(SentenceTransformer, "encode", encode_until_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        embed_texts(texts, "all-MiniLM-L6-v2", 8, "cpu", tmp_path / "cache", show_progress=False)
+    assert len(list((tmp_path / "cache").glob("*.parts/part-*.npz"))) == 2 and not list((tmp_path / "cache").glob("*.npz"))
+
+    calls.clear()
+    resumed = embed_texts(texts, "all-MiniLM-L6-v2", 8, "cpu", tmp_path / "cache", show_progress=False)
+    assert calls == [2]  # only the part that was not finished
+    np.testing.assert_allclose(resumed, whole, atol=1e-6)
+    assert not list((tmp_path / "cache").glob("*.parts")) and len(list((tmp_path / "cache").glob("emb-*.npz"))) == 1
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "tampered"])
@@ -250,7 +278,6 @@ def test_a_corrupt_saved_dataset_is_rebuilt(sid_config, tmp_path, caplog):
 
 
 def test_shipped_sids_are_used_as_they_are_for_every_policy(sid_config, tmp_path, monkeypatch):
-    from recbole_diffgm.data.sid import embed as embed_module
     from recbole_diffgm.quick_start import build_item_sids
 
     built = build_item_sids("DiffGM", NAME, config_dict=sid_config, ship=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -99,6 +100,12 @@ def load_array(path: Path, key: str) -> np.ndarray | None:
     return None if arrays is None else arrays["array"]
 
 
+# Catalogues above this many texts are embedded in parts of this size, each cached as it is done, so that an
+# interrupted embedding (a million texts take hours on a CPU) resumes after its last finished part. Beauty's 12,101
+# items stay one part: their embeddings and SIDs are those of the single call.
+EMBED_PART = 16384
+
+
 def embed_texts(texts: list[str], model: str, batch_size: int, device: str | None, cache_dir: Path,
                 show_progress: bool = True) -> np.ndarray:
     """L2-normalised float32 embeddings ``[len(texts), dim]``, from the cache when it has them."""
@@ -118,8 +125,37 @@ def embed_texts(texts: list[str], model: str, batch_size: int, device: str | Non
             f"sent_emb_model '{model}': cannot load it as a local folder or a sentence-transformers model "
             f"({str(error).splitlines()[0]}); offline, use '{DEFAULT_MODEL}' or a local path"
         ) from None
+
+    def encode(part: list[str]) -> np.ndarray:
+        return encoder.encode(part, batch_size=batch_size, show_progress_bar=show_progress, convert_to_numpy=True,
+                              normalize_embeddings=True).astype(np.float32)
+
     logger.info(f"embedding {len(texts):,} item texts with {model} on {encoder.device}")
-    embeddings = encoder.encode(texts, batch_size=batch_size, show_progress_bar=show_progress,
-                                convert_to_numpy=True, normalize_embeddings=True).astype(np.float32)
+    if len(texts) <= EMBED_PART:
+        embeddings = encode(texts)
+    else:
+        embeddings = _encode_in_parts(texts, encode, path.with_suffix(".parts"), key)
     save_array(path, embeddings, key)
+    if len(texts) > EMBED_PART:
+        shutil.rmtree(path.with_suffix(".parts"), ignore_errors=True)
     return embeddings
+
+
+def _encode_in_parts(texts: list[str], encode, folder: Path, key: str) -> np.ndarray:
+    """``encode`` over ``EMBED_PART`` texts at a time, each part cached in ``folder`` under the whole embedding's
+    key, its index and size (so a part is reused only for the same texts, model and part size)."""
+    starts = range(0, len(texts), EMBED_PART)
+    parts = []
+    for index, start in enumerate(starts):
+        part_path = folder / f"part-{index:05d}.npz"
+        part_key = f"{key}|part {index} of {EMBED_PART}"
+        part = load_array(part_path, part_key)
+        if part is None:
+            logger.info(f"embedding part {index + 1} of {len(starts)} (texts {start:,} to "
+                        f"{min(start + EMBED_PART, len(texts)):,})")
+            part = encode(texts[start: start + EMBED_PART])
+            save_array(part_path, part, part_key)
+        else:
+            logger.info(f"embedding part {index + 1} of {len(starts)} loaded from {part_path}")
+        parts.append(part)
+    return np.concatenate(parts)
