@@ -9,11 +9,12 @@ categories, price) under a title of 4 to 12 words drawn at random from the real 
 
 Each figure comes from a fresh process (its peak memory, RSS, is that figure's alone) with untrained weights (the
 work per row and per user does not depend on them) at the converged recipes' sizes (``benchmarks/amazon-beauty-cpu.
-yaml`` + the recipe): the SID build (embedding and quantizer, cold cache), training rows/s over ``--train_steps``
-optimizer steps after one warm-up step, and decoding: ``full_sort_predict`` (item level: a score for every item of
-the catalogue, as RecBole's full ranking needs) and the top 10, ms per test user. Measurements are appended to
-``--out``'s ``.jsonl`` and reused by key (size, row, phase, threads), so a stopped run goes on where it was; the
-report (markdown, CSV, log-log plot) is drawn from every measurement there.
+yaml`` + the recipe): the SID build (the texts' embedding, in parts that a stopped run resumes, its time the sum of
+its parts'; then each quantizer on a cold cache), training rows/s over ``--train_steps`` optimizer steps after one
+warm-up step, and decoding: ``full_sort_predict`` (item level: a score for every item of the catalogue, as RecBole's
+full ranking needs) and the top 10, ms per test user. Measurements are appended to ``--out``'s ``.jsonl`` and reused
+by key (size, row, phase, threads), so a stopped run goes on where it was; the report (markdown, CSV, log-log plot)
+is drawn from every measurement there.
 """
 
 from __future__ import annotations
@@ -49,11 +50,12 @@ ROWS = {  # key: (label, model, recipe, config overrides, beam or None)
 }
 SAME_TRAINING = {"diffgm-cpd256": "diffgm-cpd32", "diffgm-one-pass": "diffgm-cpd32"}  # rows that decode differently
 SIDS = {"opq": "DiffGM-ocn-cpu", "rq_vae": "TIGER-cpu"}  # the quantizers of the rows, each timed from its recipe
-PHASES = ("sid", "train", "decode")
+PHASES = ("embed", "sid", "train", "decode")
+TEXTS = "texts"  # the row of the embedding phase: every quantizer's SIDs start from the same embeddings
 
 
-def dataset_name(size: int, source: str = BEAUTY) -> str:
-    return f"{source}-{size}"
+def dataset_name(size: int, source: str | None = None) -> str:
+    return f"{source or BEAUTY}-{size}"
 
 
 def pad_catalogue(data_path: Path, source: str, target: Path, size: int, seed: int = 0) -> str:
@@ -91,6 +93,47 @@ def config_of(args, row: str) -> tuple[str, list[str], dict]:
     _, model, recipe, overrides, _ = ROWS[row]
     return model, [DATASET_FILE, BUDGET, f"properties/recipes/{recipe}.yaml"], {
         **overrides, "data_path": args.data_dir, "sid_cache_dir": args.sid_cache, "checkpoint_dir": args.sid_cache}
+
+
+def measure_embed(args) -> dict:
+    """The padded catalogue's texts embedded into the shared cache, in the library's parts (``EMBED_PART``), so that
+    a stopped embedding (a million texts take hours here) resumes after its last part; each part's seconds are kept
+    beside the cache (``<cache>.seconds.jsonl``) and summed, so the figure is the whole embedding's."""
+    from sentence_transformers import SentenceTransformer
+
+    from recbole_diffgm.config import Config
+    from recbole_diffgm.data.dataset import ItemTextDataset
+    from recbole_diffgm.data.sid.embed import cache_key, embed_texts, model_identity
+    from recbole_diffgm.files import write_text_atomically
+    from recbole_diffgm.utils import create_dataset
+
+    config = Config("DiffGM", dataset_name(args.size), [DATASET_FILE, BUDGET, f"properties/recipes/{SIDS['opq']}.yaml"],
+                    {"data_path": args.data_dir, "sid_cache_dir": args.sid_cache, "checkpoint_dir": args.sid_cache,
+                     "show_progress": False, "state": "WARNING"})
+    texts = create_dataset(config, ItemTextDataset).item_texts(config).texts  # the texts alone, no SIDs yet
+    model = config["sent_emb_model"]
+    Path(args.sid_cache).mkdir(parents=True, exist_ok=True)
+    seconds_file = Path(args.sid_cache) / f"emb-{cache_key(texts, model_identity(model))[:24]}.seconds.jsonl"
+    real_encode = SentenceTransformer.encode
+
+    def encode(encoder, part, **kwargs):  # one call per part not cached yet
+        start = time.perf_counter()
+        embeddings = real_encode(encoder, part, **kwargs)
+        done = seconds_file.read_text() if seconds_file.is_file() else ""
+        write_text_atomically(done + json.dumps({"texts": len(part), "seconds": time.perf_counter() - start}) + "\n",
+                              seconds_file)
+        return embeddings
+
+    SentenceTransformer.encode = encode
+    try:
+        embed_texts(texts, model, config["sent_emb_batch_size"], config["sent_emb_device"], Path(args.sid_cache),
+                    show_progress=False)
+    finally:
+        SentenceTransformer.encode = real_encode
+    parts = [json.loads(line) for line in seconds_file.read_text().splitlines()] if seconds_file.is_file() else []
+    if sum(part["texts"] for part in parts) != len(texts):  # embedded before this phase existed: a sid phase timed it
+        return {"items": len(texts), "embedding_s": None}
+    return {"items": len(texts), "embedding_s": sum(part["seconds"] for part in parts), "embedding_parts": len(parts)}
 
 
 def measure_sid(args) -> dict:
@@ -174,7 +217,7 @@ def measure_decode(args) -> dict:
             "decode_users": users, "decode_peak_gb": peak_gb()}
 
 
-MEASURE = {"sid": measure_sid, "train": measure_train, "decode": measure_decode}
+MEASURE = {"embed": measure_embed, "sid": measure_sid, "train": measure_train, "decode": measure_decode}
 
 
 def run_phase(args, size: int, row: str, phase: str) -> dict:
@@ -205,9 +248,18 @@ def report(args, found: dict, out: Path) -> None:
     from recbole_diffgm.benchmark import machine_description
 
     by_row: dict = {}
+    embedded = {}  # (size, threads) -> the embed phase's seconds, which a SID build on a warm cache did not spend
     for (size, row, phase, threads), record in found.items():
         result = record["result"]
+        if row == TEXTS:
+            embedded[size, threads] = result.get("embedding_s")
+            if "error" not in result:
+                continue
         by_row.setdefault((row, size, threads), {}).update({**result, f"{phase}_error": result.get("error")})
+    for (row, size, threads), values in by_row.items():
+        if row in SIDS and values.get("embedding_cached") and embedded.get((size, threads)) is not None:
+            values.update(embedding_s=embedded[size, threads], embedding_cached=False,
+                          sid_build_s=values["sid_build_s"] + embedded[size, threads])
     fields = ["row", "size", "threads", "items", "train_rows_per_s", "train_rows_per_cpu_s", "train_rows_per_epoch",
               "train_epoch_cpu_min", "train_peak_gb",
               "decode_ms_per_user", "decode_cpu_ms_per_user", "decode_peak_gb", "sid_build_s", "embedding_s",
@@ -318,7 +370,8 @@ def main() -> None:
                             cwd=Path(__file__).parent).stdout.strip() or "unknown"
     for size in (int(size) for size in args.sizes.split(",")):
         pad_catalogue(Path(__file__).resolve().parent.parent / "dataset", BEAUTY, Path(args.data_dir), size)
-        work = [(quantizer, "sid") for quantizer in quantizers]
+        work = [(TEXTS, "embed")] if quantizers else []
+        work += [(quantizer, "sid") for quantizer in quantizers]
         work += [(row, "train") for row in dict.fromkeys(SAME_TRAINING.get(row, row) for row in models)]
         work += [(row, "decode") for row in models]
         for row, phase in work:

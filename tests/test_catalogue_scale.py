@@ -41,3 +41,54 @@ def test_synthetic_items_join_the_catalogue_and_no_history(catalogue_scale, slic
     assert not any(token.startswith("synthetic") for token in used)
     with pytest.raises(ValueError, match="fewer than"):
         catalogue_scale.pad_catalogue(slice_root, "beauty-slice", tmp_path / "c", real_items - 1)
+
+
+def test_an_embedding_stopped_between_parts_resumes_and_its_time_is_every_part(catalogue_scale, tmp_path, monkeypatch):
+    """The embed phase's figure for a large catalogue: the seconds of every part, across the processes that
+    embedded them; the report adds it to the SID build that then found the embeddings cached."""
+    from argparse import Namespace
+
+    from conftest import N_ITEMS, NAME, write_tiny
+    from sentence_transformers import SentenceTransformer
+
+    from recbole_diffgm.data.sid import embed as embed_module
+
+    monkeypatch.chdir(tmp_path)
+    write_tiny(tmp_path / "source")
+    dataset_file = tmp_path / "tiny.yaml"
+    dataset_file.write_text('field_separator: "\\t"\nload_col: {inter: [user_id, item_id, timestamp], '
+                            "item: [item_id, title, price]}\n")
+    for folder in ("properties", "benchmarks"):  # the script's relative paths, as from the repository's root
+        (tmp_path / folder).symlink_to(Path(__file__).parents[1] / folder)
+    monkeypatch.setattr(catalogue_scale, "BEAUTY", NAME)
+    monkeypatch.setattr(catalogue_scale, "DATASET_FILE", str(dataset_file))
+    size = N_ITEMS + 12
+    catalogue_scale.pad_catalogue(tmp_path / "source", NAME, tmp_path / "padded", size)
+    args = Namespace(size=size, data_dir=str(tmp_path / "padded"), sid_cache=str(tmp_path / "cache"))
+    monkeypatch.setattr(embed_module, "EMBED_PART", 25)  # 60 texts: parts of 25, 25 and 10
+
+    real_encode, calls = SentenceTransformer.encode, []
+
+    def stopped_at_the_third_part(encoder, part, **kwargs):
+        calls.append(len(part))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_encode(encoder, part, **kwargs)
+
+    monkeypatch.setattr(SentenceTransformer, "encode", stopped_at_the_third_part)
+    with pytest.raises(KeyboardInterrupt):
+        catalogue_scale.measure_embed(args)
+    assert SentenceTransformer.encode is stopped_at_the_third_part  # the phase's timer is taken off again
+    monkeypatch.setattr(SentenceTransformer, "encode", real_encode)
+    result = catalogue_scale.measure_embed(args)
+    assert result["items"] == size and result["embedding_parts"] == 3 and result["embedding_s"] > 0
+    again = catalogue_scale.measure_embed(args)  # cached: the same figure, nothing embedded
+    assert again == result
+
+    found = {(size, catalogue_scale.TEXTS, "embed", 1): {"result": {"embedding_s": 10.0}},
+             (size, "opq", "sid", 1): {"result": {"items": size, "sid_build_s": 2.0, "embedding_cached": True,
+                                                  "embedding_s": 0.1, "quantizer_s": 1.5}}}
+    args.command, args.decode_batch = "python benchmarks/catalogue_scale.py", 128
+    catalogue_scale.report(args, found, tmp_path / "scale.md")
+    (line,) = [line for line in (tmp_path / "scale.md").read_text().splitlines() if line.startswith("| SIDs: opq")]
+    assert "| 12.0 (10.0 + 1.5) |" in line
