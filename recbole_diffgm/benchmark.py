@@ -199,7 +199,9 @@ def _reuse_or_run(model, dataset, config_file_list, config_dict, run_dir: Path, 
     else:
         if resume_files:
             getLogger().info(f"benchmark: {model} resumes from {resume_files[-1]}")
-            result = run_recbole_diffgm(resume_file=str(resume_files[-1]))
+            # Resumed where this checkout keeps the data, which may not be where the run began.
+            here = {**config_dict, "data_path": str(Path(config["data_path"]).parent)}
+            result = run_recbole_diffgm(config_dict=here, resume_file=str(resume_files[-1]))
         else:
             result = run_recbole_diffgm(model, dataset, config_file_list, config_dict)
         # The run's resume state is gone once it is tested: what follows (a generative model's SID-level test,

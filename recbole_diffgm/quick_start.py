@@ -16,7 +16,7 @@ from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
 
 from recbole_diffgm.compat import load_checkpoint
-from recbole_diffgm.config import Config
+from recbole_diffgm.config import DATASET_DIR, Config
 from recbole_diffgm.data.cold_items import cold_case_mask
 from recbole_diffgm.data.dataset import SIDDataset
 from recbole_diffgm.data.sid import SIDSettings, ship_sids
@@ -66,7 +66,8 @@ def run_recbole_diffgm(model=None, dataset=None, config_file_list=None, config_d
         callback_fn (callable): ``callback_fn(epoch, valid_score)`` after every validation (RecBole's).
         test (bool): evaluate the test split; ``False`` for searches, which select on validation alone.
         resume_file (str): continue an interrupted run from its ``<best checkpoint>-resume.pth`` (written at
-            the start of every epoch), with that run's config; ``model``, ``dataset`` and the configs are ignored.
+            the start of every epoch), with that run's config; ``model``, ``dataset`` and the config files are
+            ignored, and of ``config_dict`` only where the run's files are now (``RELOCATABLE_KEYS``).
 
     Returns:
         dict: ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``, ``test_result``,
@@ -104,6 +105,46 @@ def run_recbole_diffgm(model=None, dataset=None, config_file_list=None, config_d
     return None if results.empty() else results.get()
 
 
+# Where a run's files are, not what it computes: a resumed run takes them from the caller, so that it goes on in
+# another checkout or on another machine (a benchmark's run key leaves them out for the same reason).
+RELOCATABLE_KEYS = ("data_path", "checkpoint_dir", "sid_cache_dir")
+
+
+def relocate(config, config_dict: dict) -> list[str]:
+    """A saved run's ``config`` with the places that ``config_dict`` gives (``data_path`` as RecBole takes it: the
+    folder that holds the dataset's folder); a stored dataset folder that is gone becomes the default
+    ``data_path``'s, where one of that name is there (the bundled data in another checkout). What moved, in words."""
+    places = {key: config_dict[key] for key in RELOCATABLE_KEYS if config_dict.get(key) is not None}
+    if "data_path" in places:
+        places["data_path"] = str(Path(places["data_path"]) / config["dataset"])
+    elif not Path(config["data_path"]).is_dir() and (DATASET_DIR / config["dataset"]).is_dir():
+        places["data_path"] = str(DATASET_DIR / config["dataset"])
+    moved = [f"saved run: {key} {value} (it was {config[key]})" for key, value in places.items()
+             if value != config[key]]
+    for key, value in places.items():
+        config[key] = value
+    return moved
+
+
+def restored_config(model_file, checkpoint: dict, places: dict | None, overrides: dict | None = None):
+    """The config of a saved run (``checkpoint``, read from ``model_file``) as this version runs it: where its
+    files are now (``relocate``), ``overrides``, and the keys added since it was saved at today's defaults (a key
+    is added with the default that computes what the code did before it). Returns ``(config, notes)``: what
+    changed, in words, for the log (which is set up from this config)."""
+    config = checkpoint["config"]
+    notes = relocate(config, places or {})
+    for key, value in (overrides or {}).items():
+        config[key] = value
+    defaults = Config(config["model"], config["dataset"], config_dict={"data_path": str(Path(config["data_path"]).parent)})
+    # (RecBole's Config also reads the command line; those keys are this process's, not missing defaults.)
+    missing = sorted(set(defaults.final_config_dict) - set(config.final_config_dict) - set(defaults.cmd_config_dict))
+    for key in missing:
+        config[key] = defaults[key]
+    if missing:
+        notes.append(f"{model_file} predates the config keys {', '.join(missing)}; they take their defaults")
+    return config, notes
+
+
 def _run_rank(local_rank, model, dataset, config_file_list, config_dict, saved, results, resume_file=None):
     result = _run(model, dataset, config_file_list, {**config_dict, "local_rank": local_rank}, saved,
                   resume_file=resume_file)
@@ -113,8 +154,9 @@ def _run_rank(local_rank, model, dataset, config_file_list, config_dict, saved, 
 
 
 def _run(model, dataset, config_file_list, config_dict, saved, callback_fn=None, test=True, resume_file=None):
-    if resume_file:
-        config = load_checkpoint(resume_file)["config"]
+    notes = []
+    if resume_file:  # where its files are now, and the keys added since at the values that compute as it did
+        config, notes = restored_config(resume_file, load_checkpoint(resume_file), config_dict)
         if "local_rank" in (config_dict or {}):  # one rank of a resumed DDP run
             config.join_process_group(config_dict)
     else:
@@ -122,6 +164,8 @@ def _run(model, dataset, config_file_list, config_dict, saved, callback_fn=None,
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
+    for line in notes:
+        logger.info(line)
     dataset = create_dataset(config)  # first, so that a missing dataset is the only line printed
     logger.info(config)
     logger.info(dataset)
@@ -228,28 +272,22 @@ def build_item_sids(model=None, dataset=None, config_file_list=None, config_dict
 def load_data_and_model(model_file, config_overrides=None):
     """Load a saved run: its config, model (with the saved weights), dataset and dataloaders, in this
     single process (a run trained with DDP loads as one process, on CUDA when there is a GPU).
-    ``config_overrides`` change evaluation settings before the model is built (e.g. ``eval_level: sid``).
+    ``config_overrides`` change evaluation settings before the model is built (e.g. ``eval_level: sid``), or say
+    where the run's files are now (``RELOCATABLE_KEYS``: it was saved in another checkout or on another machine).
 
     Returns:
         tuple: ``(config, model, dataset, train_data, valid_data, test_data)``, as RecBole's.
     """
     checkpoint = load_checkpoint(model_file)
-    config = checkpoint["config"]
-    for key, value in (config_overrides or {}).items():
-        config[key] = value
-    # A run saved by an older version lacks the keys added since: they take today's defaults.
-    defaults = Config(config["model"], config["dataset"], config_dict={"data_path": str(Path(config["data_path"]).parent)})
-    # (RecBole's Config also reads the command line; those keys are this process's, not missing defaults.)
-    missing = sorted(set(defaults.final_config_dict) - set(config.final_config_dict) - set(defaults.cmd_config_dict))
-    for key in missing:
-        config[key] = defaults[key]
+    overrides = {key: value for key, value in (config_overrides or {}).items() if key not in RELOCATABLE_KEYS}
+    config, notes = restored_config(model_file, checkpoint, config_overrides, overrides)
     if not config["single_spec"]:
         config["single_spec"], config["local_rank"] = True, 0
         config["device"] = torch.device("cuda" if torch.cuda.is_available() and config["use_gpu"] else "cpu")
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
-    if missing:
-        getLogger().warning(f"{model_file} predates the config keys {', '.join(missing)}; they take their defaults")
+    for line in notes:
+        getLogger().warning(line)
     dataset = create_dataset(config, sid_catalogue=(checkpoint.get("other_parameter") or {}).get("sid_catalogue"))
     getLogger().info(dataset)
     train_data, valid_data, test_data = data_preparation(config, dataset)

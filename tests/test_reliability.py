@@ -60,9 +60,11 @@ def test_a_killed_run_resumes_to_the_same_end(tiny_config, tmp_path, caplog):
 
     (resume_file,) = (tmp_path / "killed").glob("*-resume.pth")
     resumed_from = load_checkpoint(resume_file)["epoch"] + 1
+    (tmp_path / "data").rename(tmp_path / "moved")  # resumed in another checkout: the data is elsewhere now
     with caplog.at_level("INFO"):
-        resumed = run_recbole_diffgm(resume_file=str(resume_file))
+        resumed = run_recbole_diffgm(config_dict={"data_path": str(tmp_path / "moved")}, resume_file=str(resume_file))
     assert f"Resume training from epoch {resumed_from}" in caplog.text and 1 <= resumed_from < config["epochs"]
+    assert f"saved run: data_path {tmp_path / 'moved' / NAME}" in caplog.text
     assert resumed["test_result"] == uninterrupted["test_result"]
     assert resumed["best_valid_result"] == uninterrupted["best_valid_result"]
     for name, tensor in weights(uninterrupted["model_file"]).items():
