@@ -34,6 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import build, endless, peak_gb, test_batches, training_step  # noqa: E402
 
+from recbole_diffgm.benchmark import cpu_model  # noqa: E402
+
 BEAUTY = "amazon-beauty"
 BUDGET = "benchmarks/amazon-beauty-cpu.yaml"
 DATASET_FILE = f"properties/dataset/{BEAUTY}.yaml"  # the padded copies are read as Beauty is
@@ -245,8 +247,6 @@ def records(path: Path) -> dict:
 
 
 def report(args, found: dict, out: Path) -> None:
-    from recbole_diffgm.benchmark import machine_description
-
     by_row: dict = {}
     embedded = {}  # (size, threads) -> the embed phase's seconds, which a SID build on a warm cache did not spend
     for (size, row, phase, threads), record in found.items():
@@ -255,7 +255,9 @@ def report(args, found: dict, out: Path) -> None:
             embedded[size, threads] = result.get("embedding_s")
             if "error" not in result:
                 continue
-        by_row.setdefault((row, size, threads), {}).update({**result, f"{phase}_error": result.get("error")})
+        values = by_row.setdefault((row, size, threads), {"machines": set()})
+        values.update({**result, f"{phase}_error": result.get("error")})
+        values["machines"].add(record.get("machine", "?"))
     for (row, size, threads), values in by_row.items():
         if row in SIDS and values.get("embedding_cached") and embedded.get((size, threads)) is not None:
             values.update(embedding_s=embedded[size, threads], embedding_cached=False,
@@ -263,20 +265,21 @@ def report(args, found: dict, out: Path) -> None:
     fields = ["row", "size", "threads", "items", "train_rows_per_s", "train_rows_per_cpu_s", "train_rows_per_epoch",
               "train_epoch_cpu_min", "train_peak_gb",
               "decode_ms_per_user", "decode_cpu_ms_per_user", "decode_peak_gb", "sid_build_s", "embedding_s",
-              "embedding_cached", "quantizer_s", "errors"]
+              "embedding_cached", "quantizer_s", "machine", "errors"]
     table = []
     for (row, size, threads), values in list(by_row.items()):  # the rows that train as another row does
         for same, trained in SAME_TRAINING.items():
             if row == trained and (same, size, threads) in by_row:
+                decoded = by_row[same, size, threads]
                 by_row[same, size, threads] = {**{key: value for key, value in values.items()
                                                   if key.startswith("train") or key == "items"},
-                                               **by_row[same, size, threads]}
+                                               **decoded, "machines": decoded["machines"] | values["machines"]}
     for (row, size, threads), values in sorted(by_row.items(), key=lambda item: (list(ROWS).index(item[0][0])
                                                                                  if item[0][0] in ROWS else -1,
                                                                                  item[0][1], item[0][2])):
         errors = "; ".join(f"{phase}: {values[f'{phase}_error']}" for phase in PHASES if values.get(f"{phase}_error"))
-        table.append({"row": row, "size": size, "threads": threads, **{key: values.get(key) for key in fields[3:-1]},
-                      "errors": errors})
+        table.append({"row": row, "size": size, "threads": threads, **{key: values.get(key) for key in fields[3:-2]},
+                      "machine": " + ".join(sorted(values["machines"])), "errors": errors})
     with out.with_suffix(".csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
@@ -285,21 +288,24 @@ def report(args, found: dict, out: Path) -> None:
     def cell(value, digits=1):
         return "–" if value is None else f"{value:,.{digits}f}"
 
-    lines = [f"# Cost as the catalogue grows\n\n```bash\n{args.command}\n```\n",
-             f"Machine: {machine_description()}. Beauty's 22,363 users and splits; the catalogue padded with synthetic "
+    commands = sorted({record["command"] for record in found.values() if "command" in record})
+    lines = ["# Cost as the catalogue grows\n", "The commands that made these measurements (each measurement's command, "
+             f"commit and machine are in {out.with_suffix('.jsonl').name}):\n", "```bash", *commands, "```\n",
+             "Machines: the machine column (the CPU's model; 2 cores, no GPU). Beauty's 22,363 users and splits; the "
+             "catalogue padded with synthetic "
              "items (never a target, never in a history; see the script's docstring for their texts). Untrained "
              "weights at the converged recipes' sizes; every figure from a fresh process; memory is the process's "
              "peak RSS (dataset and model included). Decode: item-level `full_sort_predict` + top 10, "
              f"{args.decode_batch} users a batch. Code: commit(s) "
-             f"{', '.join(sorted({record.get('commit', '?') for record in found.values()}))} (each measurement's "
-             f"in {out.with_suffix('.jsonl').name}). Plot: {out.with_suffix('.png').name}; CSV: "
+             f"{', '.join(sorted({record.get('commit', '?') for record in found.values()}))}. Plot: "
+             f"{out.with_suffix('.png').name}; CSV: "
              f"{out.with_suffix('.csv').name}.\n",
              "Rates are per second of wall time and, in brackets, per CPU-second of the process (the figure that "
              "holds when other work shares the cores). A training row is a row of the model's batches: a history "
              "prefix for SASRec, a user with every position for the per-position SID recipes; the epoch's CPU-minutes "
              "are the comparable figure.\n",
              "| row | items | threads | train rows/s | epoch CPU-min | train peak GB | decode ms/user | decode peak GB "
-             "| SID build s (embedding + quantizer) | errors |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| SID build s (embedding + quantizer) | machine | errors |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for entry in table:
         label = ROWS[entry["row"]][0] if entry["row"] in ROWS else f"SIDs: {entry['row']}"
         embedding = "cached" if entry["embedding_cached"] else cell(entry["embedding_s"])
@@ -310,7 +316,7 @@ def report(args, found: dict, out: Path) -> None:
                      f"{cell(entry['train_epoch_cpu_min'])} | {cell(entry['train_peak_gb'], 2)} | "
                      f"{cell(entry['decode_ms_per_user'], 2)} "
                      f"({cell(entry['decode_cpu_ms_per_user'], 2)}) | {cell(entry['decode_peak_gb'], 2)} | {sid} | "
-                     f"{entry['errors']} |")
+                     f"{entry['machine']} | {entry['errors']} |")
     out.write_text("\n".join(lines) + "\n")
     plot(table, out.with_suffix(".png"))
 
@@ -380,6 +386,7 @@ def main() -> None:
                 continue
             result = run_phase(args, size, row, phase)
             found[key] = {"size": size, "row": row, "phase": phase, "threads": args.threads, "commit": commit,
+                          "machine": cpu_model(), "command": args.command,
                           "result": result}
             with log.open("a") as handle:
                 handle.write(json.dumps(found[key]) + "\n")
