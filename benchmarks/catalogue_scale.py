@@ -237,49 +237,46 @@ def run_phase(args, size: int, row: str, phase: str) -> dict:
 
 
 def records(path: Path) -> dict:
-    """The measurements so far, by (size, row, phase, threads)."""
+    """The measurements so far, by (size, row, phase, threads, machine): a figure of another machine is measured
+    again, not reused, so that each size is compared with the others on one machine."""
     found = {}
     if path.is_file():
         for line in path.read_text().splitlines():
             record = json.loads(line)
-            found[(record["size"], record["row"], record["phase"], record["threads"])] = record
+            found[record["size"], record["row"], record["phase"], record["threads"], record.get("machine", "?")] = record
     return found
 
 
 def report(args, found: dict, out: Path) -> None:
     by_row: dict = {}
     embedded = {}  # (size, threads) -> the embed phase's seconds, which a SID build on a warm cache did not spend
-    for (size, row, phase, threads), record in found.items():
+    for (size, row, phase, threads, machine), record in found.items():
         result = record["result"]
         if row == TEXTS:
-            embedded[size, threads] = result.get("embedding_s")
+            embedded[size, threads, machine] = result.get("embedding_s")
             if "error" not in result:
                 continue
-        values = by_row.setdefault((row, size, threads), {"machines": set()})
-        values.update({**result, f"{phase}_error": result.get("error")})
-        values["machines"].add(record.get("machine", "?"))
-    for (row, size, threads), values in by_row.items():
-        if row in SIDS and values.get("embedding_cached") and embedded.get((size, threads)) is not None:
-            values.update(embedding_s=embedded[size, threads], embedding_cached=False,
-                          sid_build_s=values["sid_build_s"] + embedded[size, threads])
+        by_row.setdefault((row, size, threads, machine), {}).update({**result, f"{phase}_error": result.get("error")})
+    for (row, size, threads, machine), values in by_row.items():
+        spent = embedded.get((size, threads, machine))
+        if row in SIDS and values.get("embedding_cached") and spent is not None:
+            values.update(embedding_s=spent, embedding_cached=False, sid_build_s=values["sid_build_s"] + spent)
     fields = ["row", "size", "threads", "items", "train_rows_per_s", "train_rows_per_cpu_s", "train_rows_per_epoch",
               "train_epoch_cpu_min", "train_peak_gb",
               "decode_ms_per_user", "decode_cpu_ms_per_user", "decode_peak_gb", "sid_build_s", "embedding_s",
               "embedding_cached", "quantizer_s", "machine", "errors"]
     table = []
-    for (row, size, threads), values in list(by_row.items()):  # the rows that train as another row does
+    for (row, size, threads, machine), values in list(by_row.items()):  # the rows that train as another row does
         for same, trained in SAME_TRAINING.items():
-            if row == trained and (same, size, threads) in by_row:
-                decoded = by_row[same, size, threads]
-                by_row[same, size, threads] = {**{key: value for key, value in values.items()
-                                                  if key.startswith("train") or key == "items"},
-                                               **decoded, "machines": decoded["machines"] | values["machines"]}
-    for (row, size, threads), values in sorted(by_row.items(), key=lambda item: (list(ROWS).index(item[0][0])
-                                                                                 if item[0][0] in ROWS else -1,
-                                                                                 item[0][1], item[0][2])):
+            if row == trained and (same, size, threads, machine) in by_row:
+                by_row[same, size, threads, machine] = {**{key: value for key, value in values.items()
+                                                           if key.startswith("train") or key == "items"},
+                                                        **by_row[same, size, threads, machine]}
+    for (row, size, threads, machine), values in sorted(by_row.items(), key=lambda item: (
+            list(ROWS).index(item[0][0]) if item[0][0] in ROWS else -1, *item[0][1:])):
         errors = "; ".join(f"{phase}: {values[f'{phase}_error']}" for phase in PHASES if values.get(f"{phase}_error"))
         table.append({"row": row, "size": size, "threads": threads, **{key: values.get(key) for key in fields[3:-2]},
-                      "machine": " + ".join(sorted(values["machines"])), "errors": errors})
+                      "machine": machine, "errors": errors})
     with out.with_suffix(".csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
@@ -381,7 +378,7 @@ def main() -> None:
         work += [(row, "train") for row in dict.fromkeys(SAME_TRAINING.get(row, row) for row in models)]
         work += [(row, "decode") for row in models]
         for row, phase in work:
-            key = (size, row, phase, args.threads)
+            key = (size, row, phase, args.threads, cpu_model())
             if key in found and "error" not in found[key]["result"]:
                 continue
             result = run_phase(args, size, row, phase)

@@ -85,10 +85,13 @@ def test_an_embedding_stopped_between_parts_resumes_and_its_time_is_every_part(c
     again = catalogue_scale.measure_embed(args)  # cached: the same figure, nothing embedded
     assert again == result
 
-    found = {(size, catalogue_scale.TEXTS, "embed", 1): {"result": {"embedding_s": 10.0}},
-             (size, "opq", "sid", 1): {"result": {"items": size, "sid_build_s": 2.0, "embedding_cached": True,
-                                                  "embedding_s": 0.1, "quantizer_s": 1.5}}}
-    args.command, args.decode_batch = "python benchmarks/catalogue_scale.py", 128
+    found = {(size, catalogue_scale.TEXTS, "embed", 1, "A"): {"result": {"embedding_s": 10.0}},
+             (size, "opq", "sid", 1, "A"): {"result": {"items": size, "sid_build_s": 2.0, "embedding_cached": True,
+                                                       "embedding_s": 0.1, "quantizer_s": 1.5}},
+             (size, "opq", "sid", 1, "B"): {"result": {"items": size, "sid_build_s": 3.0, "embedding_cached": True,
+                                                       "embedding_s": 0.1, "quantizer_s": 2.5}}}
+    args.decode_batch = 128
     catalogue_scale.report(args, found, tmp_path / "scale.md")
-    (line,) = [line for line in (tmp_path / "scale.md").read_text().splitlines() if line.startswith("| SIDs: opq")]
-    assert "| 12.0 (10.0 + 1.5) |" in line
+    lines = [line for line in (tmp_path / "scale.md").read_text().splitlines() if line.startswith("| SIDs: opq")]
+    # Machine A's SID build found the embedding A's embed phase made; machine B's is its own, never A's.
+    assert len(lines) == 2 and "| 12.0 (10.0 + 1.5) | A |" in lines[0] and "| 3.0 (cached + 2.5) | B |" in lines[1]
