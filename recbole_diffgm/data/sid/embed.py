@@ -131,13 +131,10 @@ def embed_texts(texts: list[str], model: str, batch_size: int, device: str | Non
                               normalize_embeddings=True).astype(np.float32)
 
     logger.info(f"embedding {len(texts):,} item texts with {model} on {encoder.device}")
-    if len(texts) <= EMBED_PART:
-        embeddings = encode(texts)
-    else:
-        embeddings = _encode_in_parts(texts, encode, path.with_suffix(".parts"), key)
+    parts = path.with_suffix(".parts")
+    embeddings = encode(texts) if len(texts) <= EMBED_PART else _encode_in_parts(texts, encode, parts, key)
     save_array(path, embeddings, key)
-    if len(texts) > EMBED_PART:
-        shutil.rmtree(path.with_suffix(".parts"), ignore_errors=True)
+    shutil.rmtree(parts, ignore_errors=True)  # only once the whole is saved: a stop before keeps the parts
     return embeddings
 
 
