@@ -81,14 +81,32 @@ def training_table(runs: list[tuple[str, dict]]) -> list[str]:
     return lines
 
 
-def scoring_table(scored: list[tuple[str, str, dict]]) -> list[str]:
-    lines = ["| row | scoring | level | R@10 | N@10 | ms per user |", "|---|---|---|---|---|---|"]
-    for name, label, score in scored:
-        metrics = score["metrics"]
-        level = "SID" if "sid_ndcg@10" in metrics else "item"
-        prefix = "sid_" if level == "SID" else ""
-        lines.append(f"| {name} | {label} | {level} | {metrics[prefix + 'recall@10']:.4f} | "
-                     f"{metrics[prefix + 'ndcg@10']:.4f} | {score['ms_per_user']:.2f} |")
+def scoring_table(runs: list[tuple[str, dict]], scored: dict[str, dict[str, dict]], labels: list[str]) -> list[str]:
+    """One line per scored row: how it was trained, its test as configured, then R@10, N@10 and ms per user of
+    each mode (a column group per mode, SID level named in its header)."""
+    def level(label: str) -> str:
+        sid = any("sid_ndcg@10" in by_label[label]["metrics"] for by_label in scored.values() if label in by_label)
+        return "SID" if sid else "item"
+
+    header = ["row", "trained on", "as configured", "R@10", "N@10"]
+    for label in labels:
+        header += [f"{label}: R@10 ({level(label)})", "N@10", "ms per user"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, run in runs:
+        if name not in scored:
+            continue
+        config, test = run["result"]["config"], run["result"]["test_result"]
+        views = "all-masked view" if config.get("ocn_views") == 1 else "OCN views"
+        cells = [name, views, config.get("decode_mode", "–"), f"{test['recall@10']:.4f}", f"{test['ndcg@10']:.4f}"]
+        for label in labels:
+            score = scored[name].get(label)
+            if score is None:
+                cells += ["–", "–", "–"]
+                continue
+            prefix = "sid_" if level(label) == "SID" else ""
+            cells += [f"{score['metrics'][prefix + 'recall@10']:.4f}", f"{score['metrics'][prefix + 'ndcg@10']:.4f}",
+                      f"{score['ms_per_user']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -110,8 +128,11 @@ def main() -> None:
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     sys.argv = sys.argv[:1]  # RecBole's Config reads the command line
-    scored = [(name, label, rescore(args.runs / name, run, label, overrides))
-              for label, overrides in modes for name, run in runs if name in chosen]
+    scored: dict[str, dict[str, dict]] = {}
+    for label, overrides in modes:
+        for name, run in runs:
+            if name in chosen:
+                scored.setdefault(name, {})[label] = rescore(args.runs / name, run, label, overrides)
     command = "python benchmarks/diffgm_ablation.py " + " ".join(
         [f"--runs={args.runs}"] + [f"'--mode={text}'" for text in args.mode]
         + ([f"--mode_rows={args.mode_rows}"] if args.mode_rows else []) + [f"--out={args.out}"])
@@ -120,7 +141,9 @@ def main() -> None:
               "run's config; selected on item-level validation NDCG@10; tested on every test user."), "",
              "## Trained variants (selection and test as each run was configured)", "", *training_table(runs)]
     if scored:
-        lines += ["", "## The selected checkpoints, tested with other scoring modes", "", *scoring_table(scored)]
+        labels = [label for label, _ in modes]
+        lines += ["", "## The selected checkpoints, tested with other scoring modes", "",
+                  *scoring_table(runs, scored, labels)]
     args.out.write_text("\n".join(lines) + "\n")
 
 

@@ -34,8 +34,10 @@ def test_the_report_tests_each_checkpoint_again_and_keeps_what_it_scored(tiny_co
     assert f"| {run_dir.name} | 1 | 0 | epoch cap |" in text
     model_file = json.loads((run_dir / "run.json").read_text())["result"]["model_file"]
     again = evaluate_saved_model(model_file, {"decode_mode": "cpd", "test_beam_size": 12}, split="test")
-    assert f"| CPD beam 12 | item | {again['recall@10']:.4f} | {again['ndcg@10']:.4f} |" in text
-    assert "| SID level | SID |" in text
+    assert "| CPD beam 12: R@10 (item) | N@10 | ms per user | SID level: R@10 (SID) |" in text
+    test = json.loads((run_dir / "run.json").read_text())["result"]["test_result"]
+    assert (f"| {run_dir.name} | OCN views | one_pass | {test['recall@10']:.4f} | {test['ndcg@10']:.4f} | "
+            f"{again['recall@10']:.4f} | {again['ndcg@10']:.4f} |") in text
 
     # Kept: with the checkpoint gone, the scored modes are reported again; a new mode says what is missing.
     Path(model_file).unlink()
