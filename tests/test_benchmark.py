@@ -136,6 +136,22 @@ def test_a_run_stopped_after_its_test_is_not_trained_again(tiny_config, tmp_path
     assert _reuse_or_run("DiffGM", NAME, None, settings, run_dir)["reused"]
 
 
+def test_a_row_with_a_sid_per_item_takes_its_sid_level_figures_from_its_item_level_test(tiny_config, tmp_path,
+                                                                                         monkeypatch):
+    # Decoding the test split again would give the same figures (tests/test_sid_level.py), at the test's cost.
+    import recbole_diffgm.quick_start as quick_start
+    from recbole_diffgm.benchmark import _reuse_or_run
+
+    def decoded_again(*args, **kwargs):
+        raise AssertionError("the SID-level test was decoded again")
+
+    monkeypatch.setattr(quick_start, "evaluate_saved_model", decoded_again)
+    settings = {**tiny_config, "epochs": 1, "sid_collision": "reassign"}
+    result = _reuse_or_run("DiffGM", NAME, None, settings, tmp_path / "runs" / "DiffGM")
+    assert result["sids"]["shared"] == 0
+    assert result["sid_test_result"] == {f"sid_{metric}": value for metric, value in result["test_result"].items()}
+
+
 def test_a_run_process_dies_with_its_benchmark_at_once_not_at_its_next_poll(tmp_path):
     # The polling fallback is set to an hour: only the kernel's parent-death signal can end the run in time.
     run = ("import os, time\nfrom recbole_diffgm.benchmark import _exit_with\n"

@@ -64,3 +64,35 @@ def test_eval_level_sid_follows_the_release_on_the_models_own_beams(tiny_config)
     assert result["sid_recall@1"] == pytest.approx(round((ranks <= 1).float().mean().item(), 4))
     ndcg = torch.where(ranks <= 5, 1 / torch.log2(ranks.clamp(max=1e9) + 1), 0.0).mean().item()
     assert result["sid_ndcg@5"] == pytest.approx(round(ndcg, 4))
+
+
+@pytest.mark.parametrize("decoding", [{"decode_mode": "cpd"}, {"decode_mode": "one_pass"},
+                                      {"decode_mode": "one_pass", "rerank_size": 12}])
+def test_with_a_sid_per_item_the_sid_level_test_is_the_item_level_one(tiny_config, decoding):
+    # What lets the benchmark take a row's SID-level figures from its item-level test instead of decoding again.
+    from recbole_diffgm.benchmark import sid_level_repeats_item_level, sid_summary
+    from recbole_diffgm.compat import load_checkpoint
+    from recbole_diffgm.quick_start import evaluate_saved_model, run_recbole_diffgm
+
+    settings = {**tiny_config, "n_digit": 2, "sid_collision": "reassign", "epochs": 2, "topk": [1, 5],
+                "valid_beam_size": 12, "test_beam_size": 12, **decoding}
+    result = run_recbole_diffgm("DiffGM", NAME, config_dict=settings)
+    checkpoint = load_checkpoint(result["model_file"])
+    sids = sid_summary(checkpoint["config"], checkpoint["other_parameter"]["sid_catalogue"]["codes"])
+    assert sids["shared"] == 0
+    assert sid_level_repeats_item_level(checkpoint["config"], sids)
+    sid_level = evaluate_saved_model(result["model_file"], {"eval_level": "sid"})
+    assert 0 < result["test_result"]["recall@5"] < 1
+    assert dict(sid_level) == {f"sid_{metric}": value for metric, value in result["test_result"].items()}
+
+
+def test_shared_sids_a_dense_head_or_a_short_list_keep_the_sid_level_test(tiny_config):
+    from recbole_diffgm.benchmark import sid_level_repeats_item_level
+
+    unique, shared = {"shared": 0.0}, {"shared": 0.25}
+    config = Config("DiffGM", NAME, config_dict={**tiny_config, "topk": [5, 10], "test_beam_size": 16})
+    assert sid_level_repeats_item_level(config, unique) and not sid_level_repeats_item_level(config, shared)
+    for changed in ({"dense_head": True}, {"dedup_strategy": "weighted"}, {"test_beam_size": 8},
+                    {"decode_mode": "one_pass", "rerank_size": 8}):
+        config = Config("DiffGM", NAME, config_dict={**tiny_config, "topk": [5, 10], "test_beam_size": 16, **changed})
+        assert not sid_level_repeats_item_level(config, unique), changed
