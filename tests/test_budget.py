@@ -129,3 +129,14 @@ def test_a_resumed_runs_estimate_counts_the_budget_it_spent_before(fast_config, 
     with caplog.at_level("INFO"):  # 10 of 100 steps in 10 s: 100 s an epoch; 300 s of the 600 spent before
         trainer._log_first_estimate(10, 100, {"wall": 10.0, "process": 10.0}, before=300.0)
     assert "3 epochs to the time budget (5 min of it spent before this resume): about 5 min of training" in caplog.text
+
+
+def test_with_eval_step_above_one_the_budgets_last_epoch_is_validated(tiny_config, monkeypatch):
+    # Every epoch costs 10 s of training on the budget's clock: a 45 s budget trains epochs 0-3. eval_step 3
+    # validates epoch 2; epoch 3, the last the budget allows, is validated too, so selection sees it.
+    monkeypatch.setattr(plugin.PluginTrainerMixin, "training_seconds", lambda self: dict.fromkeys(
+        ("wall", "process"), 10.0 * (self.epochs_trained + (self._epoch_idx is not None))))
+    result = run_recbole_diffgm("DiffGM", NAME, config_dict=diffgm(tiny_config, epochs=50, eval_step=3,
+                                                                    time_budget="45s"))
+    assert result["stop_reason"] == "time budget" and result["epochs_run"] == 4
+    assert [point["epoch"] for point in result["curve"]] == [2, 3]

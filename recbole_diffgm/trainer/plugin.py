@@ -62,7 +62,9 @@ class PluginTrainerMixin(CheckpointMixin):
     - ``time_budget`` (``parse_duration``) on ``time_budget_clock`` (``wall`` or ``process`` CPU time) counts
       training time, not validation (a model's decoding cost is not its training budget; ``validation_seconds``
       reports it): training stops at the first epoch boundary where one more epoch, at the mean epoch time so
-      far, would end past the budget; never before the first validation. ``stop_reason`` then says
+      far, would end past the budget; never before the first validation. The decision is taken as an epoch's
+      training ends, and with ``eval_step`` > 1 the epoch after which no other fits is validated whatever
+      ``eval_step`` says, so a budget's last epochs are never left out of selection. ``stop_reason`` then says
       ``time budget`` (else ``patience`` or ``epoch cap``);
     - ``curve``: after every validation, a row with the epoch, the training wall and CPU seconds so far, the
       validation seconds so far and every validation metric, written to ``curve_file`` (a CSV beside the run's
@@ -114,6 +116,7 @@ class PluginTrainerMixin(CheckpointMixin):
         self.curve: list[dict] = []
         self.curve_file = _curve_file_of(self.saved_model_file)
         self.stop_reason = None
+        self._another_epoch_fits: bool | None = None  # the budget's answer when the last epoch's training ended
 
     def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
         if self._clock_start is None:
@@ -125,7 +128,20 @@ class PluginTrainerMixin(CheckpointMixin):
         if self._epoch_clock[0] == epoch_idx:  # the first epoch of this process
             self._first_steps = (0, len(train_data), _now(), spent or 0.0)
         self._epoch_idx = epoch_idx
-        return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+        loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+        self._decide_on_the_budget()
+        return loss
+
+    def _decide_on_the_budget(self) -> None:
+        """As an epoch's training ends: does the budget allow another? If not, this epoch is validated (RecBole's
+        loop validates after ``_train_epoch`` when ``eval_step`` divides the epoch) and the next one is not
+        trained (``_check_budget``), whatever time passes in between."""
+        if self.time_budget is None:
+            return
+        spent = self._budget_spent(counting_this_epoch=True)
+        self._another_epoch_fits = bool(epochs_the_budget_allows(self.time_budget, spent, self.epochs_trained + 1))
+        if not self._another_epoch_fits and self.eval_step > 1:
+            self.eval_step = 1
 
     def _close_epoch(self) -> None:
         """Count the epoch in progress (with its validation) as trained, once."""
@@ -147,10 +163,10 @@ class PluginTrainerMixin(CheckpointMixin):
     def validation_seconds(self) -> dict[str, float]:
         return dict(self._validating)
 
-    def _budget_spent(self) -> float | None:
+    def _budget_spent(self, counting_this_epoch: bool = False) -> float | None:
         """Training seconds on ``time_budget_clock`` so far, rank 0's under DDP; ``None`` without a budget or
-        before the first epoch."""
-        if self.time_budget is None or self.epochs_trained == 0:
+        before the first epoch (the epoch in training counts as one with ``counting_this_epoch``)."""
+        if self.time_budget is None or self.epochs_trained + counting_this_epoch == 0:
             return None
         spent = [self.training_seconds()[self.config["time_budget_clock"]]]
         if not self.config["single_spec"]:  # under DDP every rank stops where rank 0 does, or the others would hang
@@ -160,7 +176,11 @@ class PluginTrainerMixin(CheckpointMixin):
     def _check_budget(self, spent: float | None) -> None:
         if spent is None or self.best_valid_result is None:  # never before one validation
             return
-        if epochs_the_budget_allows(self.time_budget, spent, self.epochs_trained):
+        # Decided as the last epoch's training ended (_decide_on_the_budget); a resumed run's first check, here.
+        fits = self._another_epoch_fits
+        if fits is None:
+            fits = bool(epochs_the_budget_allows(self.time_budget, spent, self.epochs_trained))
+        if fits:
             return
         self.logger.info(f"time budget: {spent / 60:.1f} of {self.time_budget / 60:.1f} min "
                          f"({self.config['time_budget_clock']} clock) spent and an epoch takes "
