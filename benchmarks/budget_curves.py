@@ -32,13 +32,15 @@ def read_curve(path: Path) -> list[dict[str, float]]:
         return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
-def parse_budgets(text: str) -> list[tuple[str, Path]]:
+def parse_budgets(text: str) -> list[tuple[str, list[Path]]]:
+    """``LABEL:FOLDER[+FOLDER...],...`` -> ``[(label, folders)]``: a budget's curves may lie in several run stores
+    (rows run with different config files), each row's taken from the first folder that has it."""
     budgets = []
     for part in filter(None, text.split(",")):
-        label, sep, folder = part.partition(":")
+        label, sep, folders = part.partition(":")
         if not sep:
             raise SystemExit(f"error: --budgets '{part}': give LABEL:FOLDER")
-        budgets.append((label.strip(), Path(folder.strip())))
+        budgets.append((label.strip(), [Path(folder.strip()) for folder in folders.split("+") if folder.strip()]))
     return budgets
 
 
@@ -52,7 +54,7 @@ def summary_line(row: str, budget: str, curve: list[dict[str, float]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", required=True, help="curve names (run folder names), comma-separated")
-    parser.add_argument("--budgets", required=True, help="LABEL:FOLDER of curves, comma-separated")
+    parser.add_argument("--budgets", required=True, help="LABEL:FOLDER[+FOLDER...] of curves, comma-separated")
     parser.add_argument("--out", required=True, help="output path without suffix (.png and .md are written)")
     args = parser.parse_args()
     rows, budgets = [row for row in args.rows.split(",") if row], parse_budgets(args.budgets)
@@ -62,10 +64,10 @@ def main() -> None:
              "training CPU-min at the last |", "|---|---|---|---|---|---|"]
     missing = []
     for colour, row in enumerate(rows):
-        for style, (label, folder) in zip(LINE_STYLES, budgets):
-            path = folder / f"{row}.csv"
-            if not path.is_file():
-                missing.append(f"{row} at {label} ({path}: not run yet)")
+        for style, (label, folders) in zip(LINE_STYLES, budgets):
+            path = next((folder / f"{row}.csv" for folder in folders if (folder / f"{row}.csv").is_file()), None)
+            if path is None:
+                missing.append(f"{row} at {label} (not in {' or '.join(map(str, folders))}: not run yet)")
                 continue
             curve = read_curve(path)
             axis.plot([point["train_cpu_seconds"] / 60 for point in curve], [point["ndcg@10"] for point in curve],
