@@ -19,6 +19,7 @@ from recbole_diffgm.config import Config
 from recbole_diffgm.data.dataset import PADDING_CODE, SIDDataset
 from recbole_diffgm.data.sid import SIDSettings, build_sids
 from recbole_diffgm.data.sid import embed as embed_module
+from recbole_diffgm.data.sid.collisions import reassign
 from recbole_diffgm.data.sid.embed import embed_texts
 from recbole_diffgm.utils import create_dataset
 
@@ -317,8 +318,6 @@ def test_the_default_beauty_sids_ship_with_the_data(model, policy, unique_sids, 
 def test_reassign_moves_colliding_items_to_the_cheapest_free_sids_by_one_assignment():
     import itertools
 
-    from recbole_diffgm.data.sid.collisions import reassign
-
     # 4 items, 2 digits of 3 codes. Items 0, 1, 2 share (0, 0); item 3 has (1, 0).
     costs = np.array([
         [[0.0, 5, 5], [0.0, 5, 5]],   # item 0 fits (0, 0) best: it keeps it
@@ -351,3 +350,11 @@ def test_sid_collision_reassign_gives_unique_sids_of_the_same_length(sid_config,
     assert "sid_collision reassign:" in caplog.text and "quantization error +" in caplog.text
     with pytest.raises(InputError, match="sid_collision reassign moves parallel digits: it needs sid_quantizer opq"):
         build(sid_config, sid_collision="reassign", sid_quantizer="rq_kmeans")
+
+
+def test_reassign_with_fewer_sids_than_items_says_so():
+    # 2 digits of 4 codes: 16 SIDs for 20 items. No assignment exists; the error names the fix.
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 4, size=(20, 2))
+    with pytest.raises(InputError, match="no unique SID is left.*20 items, 2 digits of 4 codes.*larger codebook_size"):
+        reassign(codes, rng.random((20, 2, 4)))

@@ -124,14 +124,17 @@ def reassign(codes: np.ndarray, costs: np.ndarray, alternatives: int = 8, fixed:
                     cols.append(columns.setdefault(sid, len(columns)))
                     weights.append(cost + 1.0)  # + 1: a zero-cost move is still an edge of the sparse graph
         graph = csr_matrix((weights, (rows, cols)), shape=(len(movers), len(columns)))
-        try:
-            matched_rows, matched_cols = min_weight_full_bipartite_matching(graph)
-            break
-        except ValueError:  # some movers compete for too few free SIDs: widen every digit's choice
-            if alternatives >= costs.shape[2]:
-                raise InputError("sid_collision reassign: no unique SID is left for every item; use more digits or "
-                                 "a larger codebook_size") from None
-            alternatives *= 2
+        if len(columns) >= len(movers):  # else no matching gives every mover a SID
+            try:
+                matched_rows, matched_cols = min_weight_full_bipartite_matching(graph)
+                break
+            except ValueError:  # some movers compete for too few free SIDs
+                pass
+        if alternatives >= costs.shape[2]:
+            raise InputError(f"sid_collision reassign: no unique SID is left, one or two digits away, for every "
+                             f"item ({n_items:,} items, {n} digits of {costs.shape[2]} codes); use more digits or a "
+                             "larger codebook_size")
+        alternatives *= 2  # widen every digit's choice
     sids = np.array(list(columns), dtype=codes.dtype)
     result = codes.copy()
     result[movers[matched_rows]] = sids[matched_cols]
