@@ -105,7 +105,7 @@ def measure_embed(args) -> dict:
 
     from recbole_diffgm.config import Config
     from recbole_diffgm.data.dataset import ItemTextDataset
-    from recbole_diffgm.data.sid.embed import cache_key, embed_texts, model_identity
+    from recbole_diffgm.data.sid.embed import embed_texts, embedding_file
     from recbole_diffgm.files import write_text_atomically
     from recbole_diffgm.utils import create_dataset
 
@@ -115,7 +115,7 @@ def measure_embed(args) -> dict:
     texts = create_dataset(config, ItemTextDataset).item_texts(config).texts  # the texts alone, no SIDs yet
     model = config["sent_emb_model"]
     Path(args.sid_cache).mkdir(parents=True, exist_ok=True)
-    seconds_file = Path(args.sid_cache) / f"emb-{cache_key(texts, model_identity(model))[:24]}.seconds.jsonl"
+    seconds_file = embedding_file(texts, model, args.sid_cache).with_suffix(".seconds.jsonl")
     real_encode = SentenceTransformer.encode
 
     def encode(encoder, part, **kwargs):  # one call per part not cached yet
@@ -145,7 +145,7 @@ def measure_sid(args) -> dict:
 
     import recbole_diffgm.data.dataset as sid_dataset
     from recbole_diffgm.config import Config
-    from recbole_diffgm.data.sid.embed import cache_key, model_identity
+    from recbole_diffgm.data.sid.embed import embedding_file
     from recbole_diffgm.utils import create_dataset
 
     timed = []
@@ -169,7 +169,7 @@ def measure_sid(args) -> dict:
     dataset = create_dataset(config)
     (seconds, result), = timed
     texts = dataset.item_texts(config).texts
-    embedded = f"emb-{cache_key(texts, model_identity(config['sent_emb_model']))[:24]}.npz" in copied
+    embedded = embedding_file(texts, config["sent_emb_model"], cold).name in copied
     shared.mkdir(parents=True, exist_ok=True)
     for file in cold.glob("*.npz"):
         shutil.copyfile(file, shared / f".{file.name}.partial")

@@ -36,8 +36,8 @@ from recbole_diffgm.benchmark import cpu_model, machine_description
 from recbole_diffgm.config import Config
 from recbole_diffgm.data.dataset import ItemTextDataset
 from recbole_diffgm.data.sid import SIDSettings
-from recbole_diffgm.data.sid.collisions import reassign
-from recbole_diffgm.data.sid.embed import cache_key, embed_texts, model_identity
+from recbole_diffgm.data.sid.collisions import collision_report, reassign
+from recbole_diffgm.data.sid.embed import embed_texts, embedding_file
 from recbole_diffgm.data.sid.quantizers import make_quantizer
 from recbole_diffgm.files import write_text_atomically
 from recbole_diffgm.utils import create_dataset
@@ -55,9 +55,9 @@ def sid_figures(settings: SIDSettings, embeddings: np.ndarray) -> dict:
     costs = quantizer.digit_costs(embeddings)  # [N, n, K]: squared distance of each sub-vector to each code
     error = np.take_along_axis(costs, codes[..., None], axis=2).sum(axis=(1, 2))
     reassigned, added = reassign(codes, costs)
-    _, counts = np.unique(codes, axis=0, return_counts=True)
-    return {"quantizer_s": seconds, "unique_sids": int(len(counts)), "items_sharing": int(counts[counts > 1].sum()),
-            "largest_group": int(counts.max()), "quantization_error": float(error.mean()),
+    report = collision_report(codes)
+    return {"quantizer_s": seconds, "unique_sids": report.unique_sids, "items_sharing": report.colliding_items,
+            "largest_group": report.largest_group, "quantization_error": float(error.mean()),
             "reassign_added_pct": float(100 * added.sum() / error.sum()),
             "reassign_moved": int((reassigned != codes).any(axis=1).sum())}
 
@@ -94,7 +94,7 @@ def measure(model: str, args, command: str) -> dict:
     dataset = create_dataset(config, ItemTextDataset)
     texts = dataset.item_texts(config).texts
     settings = SIDSettings.from_config(config)
-    cached = (Path(args.sid_cache_dir) / f"emb-{cache_key(texts, model_identity(model))[:24]}.npz").is_file()
+    cached = embedding_file(texts, model, args.sid_cache_dir).is_file()
     start = time.perf_counter()
     embeddings = embed_texts(texts, model, settings.sent_emb_batch_size, settings.sent_emb_device,
                              settings.cache_dir, show_progress=True)

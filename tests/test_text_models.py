@@ -15,6 +15,7 @@ from recbole_diffgm import Config, create_dataset
 from recbole_diffgm.data.dataset import ItemTextDataset
 from recbole_diffgm.data.sid import SIDSettings
 from recbole_diffgm.data.sid.collisions import collision_report
+from recbole_diffgm.data.sid.quantizers import make_quantizer
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
@@ -53,8 +54,6 @@ def test_the_sid_figures_are_the_quantizers_codes_before_the_collision_policy(te
     config = Config("SASRec", NAME, config_dict={**tiny_config, "n_digit": 4, "sid_quantizer": "opq"})
     embeddings = np.random.default_rng(1).normal(size=(300, 32)).astype(np.float32)  # 300 items, 8**4 SIDs
     figures = text_models.sid_figures(SIDSettings.from_config(config), embeddings)
-    from recbole_diffgm.data.sid.quantizers import make_quantizer
-
     codes = make_quantizer("opq", SIDSettings.from_config(config).quantizer).quantize(embeddings)
     report = collision_report(codes)
     assert (figures["unique_sids"], figures["items_sharing"], figures["largest_group"]) == (

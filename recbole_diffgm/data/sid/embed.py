@@ -106,11 +106,16 @@ def load_array(path: Path, key: str) -> np.ndarray | None:
 EMBED_PART = 16384
 
 
+def embedding_file(texts: list[str], model: str, cache_dir: Path) -> Path:
+    """Where ``embed_texts`` caches the embeddings of ``texts`` by ``model`` (``.parts`` and others beside it)."""
+    return Path(cache_dir) / f"emb-{cache_key(texts, model_identity(model))[:24]}.npz"
+
+
 def embed_texts(texts: list[str], model: str, batch_size: int, device: str | None, cache_dir: Path,
                 show_progress: bool = True) -> np.ndarray:
     """L2-normalised float32 embeddings ``[len(texts), dim]``, from the cache when it has them."""
     key = cache_key(texts, model_identity(model))
-    path = Path(cache_dir) / f"emb-{key[:24]}.npz"
+    path = embedding_file(texts, model, cache_dir)
     cached = load_array(path, key)
     if cached is not None:
         logger.info(f"embeddings of {len(texts):,} items loaded from {path}")
