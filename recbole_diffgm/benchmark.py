@@ -251,6 +251,9 @@ PART_VERSIONS = {
     "dense-head": (2, lambda config: bool(config["dense_head"]) and bool(config["train_per_position"])),
     # The cosine spans every epoch when validation starts late.
     "schedule": (2, lambda config: config["warmup_steps"] is not None and bool(config["eval_start_epoch"])),
+    # Losses over the catalogue leave the cold items out (cold_items): the catalogue loss, a dense head, TextSASRec.
+    "cold-negatives": (2, lambda config: bool(config["cold_items"]) and bool(
+        config["catalogue_loss_weight"] or config["dense_head"] or config["model"] == "TextSASRec")),
 }
 _ATOMIC_SUFFIXES = ("inter", "user", "item", "kg", "link", "net")  # RecBole's atomic files
 
@@ -291,11 +294,14 @@ def run_key(config, generative: bool) -> str:
 
 def code_version(config, generative: bool) -> str:
     """The version of the code a run computes with: ``RUN_CODE_VERSION`` of its kind, then each changed part of
-    ``PART_VERSIONS`` that its config uses (``1+cpd-beam2``)."""
+    ``PART_VERSIONS`` that its config uses (``1+cpd-beam2``; a text model's: ``cold-negatives`` alone)."""
     if not generative:
         from recbole_diffgm.registry import reads_item_text
 
-        return str(RUN_CODE_VERSION["text" if reads_item_text(config["model"]) else "recbole"])
+        if not reads_item_text(config["model"]):
+            return str(RUN_CODE_VERSION["recbole"])
+        version, uses = PART_VERSIONS["cold-negatives"]  # the one part of the generative code TextSASRec shares
+        return str(RUN_CODE_VERSION["text"]) + (f"+cold-negatives{version}" if uses(config) else "")
     parts = [f"+{part}{version}" for part, (version, uses) in PART_VERSIONS.items() if uses(config)]
     return str(RUN_CODE_VERSION["generative"]) + "".join(parts)
 

@@ -10,10 +10,11 @@ import pytest
 import torch
 from conftest import NAME
 from recbole.data import data_preparation
+from torch.nn import functional as F
 from test_benchmark import read_table
 from test_recipes import metrics_at, target_ranks
 
-from recbole_diffgm import Config, InputError, create_dataset, load_data_and_model, run_recbole_diffgm
+from recbole_diffgm import Config, InputError, create_dataset, get_model, load_data_and_model, run_recbole_diffgm
 from recbole_diffgm.benchmark import run_benchmark
 from recbole_diffgm.data.cold_items import cold_item_ids
 
@@ -117,3 +118,39 @@ def test_a_cold_start_benchmark_reports_cold_and_in_set_columns(tiny_config, tmp
                                 results_dir=str(tmp_path / "standard"))
     assert "cold_recall@10" not in standard and "cold_recall@10" not in read_table(tmp_path / "standard")[0]
     assert not (tmp_path / "standard" / f"{NAME}-cases.png").exists()
+
+
+def _trained_model(tiny_config, model_name: str, **settings):
+    config = Config(model_name, NAME, config_dict={**tiny_config, **COLD, "dropout": 0.0, "adaptor_dropout": 0.0,
+                                                   **settings})
+    train, _, _ = data_preparation(config, create_dataset(config))
+    torch.manual_seed(0)
+    return get_model(model_name)(config, train._dataset), train
+
+
+def test_the_catalogue_loss_ranks_the_training_catalogues_sids_alone(tiny_config):
+    model, train = _trained_model(tiny_config, "DigitClassifier", catalogue_loss_weight=1.0, label_smoothing=0.1)
+    cold = train._dataset.cold_items
+    warm_sids = model.item_sid[1:][~cold[1:]].unique(dim=0)
+    assert len(warm_sids) < len(model.distinct_sids) and torch.equal(model.trained_sids, warm_sids)
+    targets = next(iter(train))[model.POS_ITEM_ID]
+    first_log_probs = torch.randn(len(targets), model.n_digit, model.n_codes).log_softmax(-1)
+    scores = first_log_probs.gather(2, warm_sids.T[None].expand(len(targets), -1, -1)).sum(1)  # [B, S]: brute force
+    columns = (model.item_sid[targets][:, None] == warm_sids[None]).all(-1).int().argmax(1)
+    expected = F.cross_entropy(scores, columns, label_smoothing=0.1)
+    assert model.catalogue_loss(first_log_probs, targets).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("model_name", ["DigitClassifierHybrid", "TextSASRec"])
+def test_a_cold_items_text_does_not_reach_the_training_loss(tiny_config, model_name):
+    # No training row holds a cold item, so only a softmax over every item could read its text: it does not.
+    model, train = _trained_model(tiny_config, model_name)
+    model.eval()  # no dropout: two calls compute the same thing
+    texts = model.item_text if model_name != "TextSASRec" else model.item_embedding.text
+    cold = train._dataset.cold_items
+    batch = next(iter(train))
+    before = model.calculate_loss(batch)
+    texts[cold] = torch.randn_like(texts[cold]) * 10
+    assert model.calculate_loss(batch).item() == pytest.approx(before.item(), rel=1e-6)
+    texts[~cold & (torch.arange(len(cold)) > 0)] += 1.0  # a warm item's text does
+    assert model.calculate_loss(batch).item() != pytest.approx(before.item(), rel=1e-6)

@@ -179,14 +179,15 @@ class DiffGM(SIDTransformer):
         (the sum of its digits' all-masked log-probabilities): the likelihood of the generative model's own SID
         distribution restricted to the catalogue, so training optimises the ranking that one-pass scoring reads.
         With ``catalogue_loss_samples`` (fewer than the catalogue's SIDs) the softmax runs over the batch's target
-        SIDs and that many SIDs drawn uniformly, shared by the batch: its cost stops growing with the catalogue."""
-        target_sids = self.item_sid_index[targets]
-        if not 0 < self.catalogue_loss_samples < len(self.distinct_sids):
-            scores = digit_sum_scores(first_log_probs.float(), self.distinct_sids)  # [B, S]
+        SIDs and that many SIDs drawn uniformly, shared by the batch: its cost stops growing with the catalogue.
+        The catalogue is the training catalogue's SIDs (``trained_sids``: without the cold items')."""
+        target_sids = self.trained_sid_index[targets]
+        if not 0 < self.catalogue_loss_samples < len(self.trained_sids):
+            scores = digit_sum_scores(first_log_probs.float(), self.trained_sids)  # [B, S]
             return F.cross_entropy(scores, target_sids, label_smoothing=self.label_smoothing)
-        drawn = torch.randint(len(self.distinct_sids), (self.catalogue_loss_samples,), device=target_sids.device)
+        drawn = torch.randint(len(self.trained_sids), (self.catalogue_loss_samples,), device=target_sids.device)
         candidates = torch.cat([target_sids, drawn])
-        scores = digit_sum_scores(first_log_probs.float(), self.distinct_sids[candidates])  # [B, B + samples]
+        scores = digit_sum_scores(first_log_probs.float(), self.trained_sids[candidates])  # [B, B + samples]
         rows = torch.arange(len(target_sids), device=target_sids.device)
         # Another copy of a row's own SID is neither its target nor a negative: left out of its softmax.
         copy = candidates[None, :] == target_sids[:, None]

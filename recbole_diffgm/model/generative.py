@@ -71,6 +71,25 @@ class GenerativeRecommender(SequentialRecommender):
         item_sid_index = torch.cat([torch.tensor([self.sid_trie.n_sids]), self.sid_trie.lookup(item_sid[1:])])
         self.register_buffer("item_sid_index", item_sid_index, persistent=False)
         self.register_buffer("sid_representative", evaluation.sid_representatives(item_sid_index), persistent=False)
+        # What a loss over the catalogue ranks (DiffGM's catalogue loss, a dense head): the items the model trains
+        # with (SIDDataset.catalogue_item_ids) and their SIDs. Cold items (cold_items) are left out, as a model
+        # trained before they came never saw them, as negatives either; without them, every item and SID.
+        trained = dataset.catalogue_item_ids[dataset.catalogue_item_ids > 0]
+        untrained = torch.ones(self.n_items, dtype=torch.bool)
+        untrained[trained] = False
+        untrained[0] = False  # the padding item: scored -inf by every loss anyway
+        trained_sids = item_sid_index[trained].unique()
+        if len(trained_sids) == len(self.distinct_sids):
+            untrained, trained_sids = None, None
+        self.register_buffer("untrained_items", untrained, persistent=False)
+        if trained_sids is None:
+            self.register_buffer("trained_sids", self.distinct_sids, persistent=False)
+            self.register_buffer("trained_sid_index", item_sid_index, persistent=False)
+        else:  # each item's SID as its row of trained_sids (len(trained_sids) where it has none there)
+            column = torch.full((self.sid_trie.n_sids + 1,), len(trained_sids))
+            column[trained_sids] = torch.arange(len(trained_sids))
+            self.register_buffer("trained_sids", self.distinct_sids[trained_sids], persistent=False)
+            self.register_buffer("trained_sid_index", column[item_sid_index], persistent=False)
         # Items that share a SID (sid_collision: keep) are ordered by training popularity (every item of the
         # training split, with train_per_position too: SIDDataset.build), then item id.
         self.register_buffer("sid_group_rank", evaluation.group_ranks(item_sid_index, dataset.item_popularity),

@@ -126,9 +126,11 @@ class SIDTransformer(GenerativeRecommender):
         rows = torch.arange(len(item_seq), device=item_seq.device)
         return self._dense_log_probs_at(item_seq, rows, (item_seq > 0).sum(dim=1) - 1)
 
-    def _dense_log_probs_at(self, item_seq: torch.Tensor, users: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    def _dense_log_probs_at(self, item_seq: torch.Tensor, users: torch.Tensor, steps: torch.Tensor,
+                            trained_only: bool = False) -> torch.Tensor:
         """``[R, n_items]``: the dense head at step ``steps[r]`` of history ``users[r]``, read from the encoder's
-        state of that item (its last key: TIGER's last digit), from one encoder pass over the histories."""
+        state of that item (its last key: TIGER's last digit), from one encoder pass over the histories; with
+        ``trained_only`` (the loss), over the training catalogue's items alone (``untrained_items`` ``-inf``)."""
         with self.autocast(item_seq.device):
             memory, mask = self._memory(item_seq)
             keys_per_item = mask.shape[1] // item_seq.shape[1]
@@ -137,19 +139,23 @@ class SIDTransformer(GenerativeRecommender):
             states = memory[row_start[users] + (steps + 1) * keys_per_item - 1]
             logits = (states @ self.dense_item_vectors().T).float()
         logits[:, 0] = float("-inf")
+        if trained_only and self.untrained_items is not None:
+            logits[:, self.untrained_items] = float("-inf")
         return logits.log_softmax(dim=-1)
 
     def dense_loss(self, interaction) -> torch.Tensor:
-        """The dense head's cross-entropy over every item, on the targets the generative loss reads: the history's
-        last state against the next item, or with ``train_per_position`` every position's state against its
+        """The dense head's cross-entropy over the training catalogue's items, on the targets the generative loss
+        reads: the history's last state against the next item, or with ``train_per_position`` every position's state against its
         target (``history_positions``; the causal encoder's state at a step has seen the items up to it only).
         An encoder pass of its own: ``generative_loss(interaction)``, the subclasses' contract, encodes for itself."""
         item_seq = interaction[self.ITEM_SEQ]
         if not self.train_per_position:
-            return F.nll_loss(self.dense_log_probs(item_seq), interaction[self.POS_ITEM_ID])
-        users, steps, targets = history_positions(item_seq, interaction[self.ITEM_SEQ_LEN],
-                                                  interaction[self.POS_ITEM_ID])
-        return F.nll_loss(self._dense_log_probs_at(item_seq, users, steps), targets)
+            users, steps = torch.arange(len(item_seq), device=item_seq.device), (item_seq > 0).sum(dim=1) - 1
+            targets = interaction[self.POS_ITEM_ID]
+        else:
+            users, steps, targets = history_positions(item_seq, interaction[self.ITEM_SEQ_LEN],
+                                                      interaction[self.POS_ITEM_ID])
+        return F.nll_loss(self._dense_log_probs_at(item_seq, users, steps, trained_only=True), targets)
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         """The generative loss (``generative_loss``), plus with the dense head its loss (``dense_loss``)."""

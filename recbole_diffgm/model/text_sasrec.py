@@ -75,3 +75,13 @@ class TextSASRec(SASRec):
         text = dataset.item_text_embeddings(config)
         self.item_embedding = TextItemEmbedding(text, self.hidden_size, config["adaptor_experts"],
                                                 config["adaptor_dropout"])
+        # The cold items (cold_items) are left out of the training softmax, as a model trained before they came
+        # never saw them, as negatives either (RecBole's own models, unchanged, keep them there).
+        self.register_buffer("cold_items", getattr(dataset, "cold_items", None), persistent=False)
+
+    def calculate_loss(self, interaction) -> torch.Tensor:
+        if self.cold_items is None:
+            return super().calculate_loss(interaction)
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        logits = (seq_output @ self.item_embedding.weight.T).masked_fill(self.cold_items, float("-inf"))
+        return self.loss_fct(logits, interaction[self.POS_ITEM_ID])
