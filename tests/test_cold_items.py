@@ -154,3 +154,16 @@ def test_a_cold_items_text_does_not_reach_the_training_loss(tiny_config, model_n
     assert model.calculate_loss(batch).item() == pytest.approx(before.item(), rel=1e-6)
     texts[~cold & (torch.arange(len(cold)) > 0)] += 1.0  # a warm item's text does
     assert model.calculate_loss(batch).item() != pytest.approx(before.item(), rel=1e-6)
+
+
+def test_a_cold_item_sharing_a_warm_items_sid_still_leaves_the_dense_heads_softmax(tiny_config):
+    # Under sid_collision: keep, items 1 and 2 of the tiny catalogue share a SID (one text): with one of them the
+    # only cold item, every SID is a trained one, and the cold item must still be out of the dense head's loss.
+    for seed in range(200):
+        model, train = _trained_model(tiny_config, "DigitClassifierHybrid", sid_collision="keep", cold_items=0.02,
+                                      cold_items_seed=seed)
+        cold = train._dataset.cold_items
+        if cold[1] != cold[2]:
+            break
+    assert cold[1] != cold[2] and cold.sum() == 1
+    assert torch.equal(model.untrained_items, cold)

@@ -78,18 +78,12 @@ class GenerativeRecommender(SequentialRecommender):
         untrained = torch.ones(self.n_items, dtype=torch.bool)
         untrained[trained] = False
         untrained[0] = False  # the padding item: scored -inf by every loss anyway
-        trained_sids = item_sid_index[trained].unique()
-        if len(trained_sids) == len(self.distinct_sids):
-            untrained, trained_sids = None, None
-        self.register_buffer("untrained_items", untrained, persistent=False)
-        if trained_sids is None:
-            self.register_buffer("trained_sids", self.distinct_sids, persistent=False)
-            self.register_buffer("trained_sid_index", item_sid_index, persistent=False)
-        else:  # each item's SID as its row of trained_sids (len(trained_sids) where it has none there)
-            column = torch.full((self.sid_trie.n_sids + 1,), len(trained_sids))
-            column[trained_sids] = torch.arange(len(trained_sids))
-            self.register_buffer("trained_sids", self.distinct_sids[trained_sids], persistent=False)
-            self.register_buffer("trained_sid_index", column[item_sid_index], persistent=False)
+        self.register_buffer("untrained_items", untrained if untrained.any() else None, persistent=False)
+        trained_sids = item_sid_index[trained].unique()  # sorted: every row of distinct_sids where none is cold
+        column = torch.full((self.sid_trie.n_sids + 1,), len(trained_sids))  # no row: len(trained_sids)
+        column[trained_sids] = torch.arange(len(trained_sids))
+        self.register_buffer("trained_sids", self.distinct_sids[trained_sids], persistent=False)
+        self.register_buffer("trained_sid_index", column[item_sid_index], persistent=False)  # an item's row of them
         # Items that share a SID (sid_collision: keep) are ordered by training popularity (every item of the
         # training split, with train_per_position too: SIDDataset.build), then item id.
         self.register_buffer("sid_group_rank", evaluation.group_ranks(item_sid_index, dataset.item_popularity),
